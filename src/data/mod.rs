@@ -1,0 +1,45 @@
+//! The data side (fastai `DataBlock` → `DataLoaders`): items, labels, splits, decoding,
+//! presizing item transforms and the batched, prefetching loaders.
+
+mod vocab;
+
+pub use vocab::CategoryMap;
+
+use std::sync::Arc;
+use tch::{Device, Tensor};
+
+/// One collated batch, on the loader's device.
+#[derive(Debug)]
+pub struct Batch {
+    /// Images, shape (N, 3, H, W): `u8` 0..=255 straight from the item pipeline, or `f32`
+    /// normalised once the batch transforms ran.
+    pub x: Tensor,
+    /// Class indices into the vocabulary, `i64`, shape (N).
+    pub y: Tensor,
+}
+
+/// Anything that yields batches epoch by epoch — what a `Learner` trains and validates
+/// on (fastai `DataLoader`'s iteration protocol). The image loaders of this module
+/// implement it; tests implement it over in-memory tensors.
+pub trait BatchSource: Send + Sync {
+    /// Number of batches one pass yields (with `drop_last`, the incomplete one is not counted).
+    fn n_batches(&self) -> usize;
+    /// Number of items one pass visits.
+    fn n_items(&self) -> usize;
+    /// The device batches are placed on.
+    fn device(&self) -> Device;
+    /// The batches of pass `epoch` (0-based): the order depends only on the loader's seed
+    /// and `epoch`, so a seeded run and a resumed run see the same batches.
+    fn batches(&self, epoch: u64) -> Box<dyn Iterator<Item = crate::Result<Batch>> + '_>;
+}
+
+/// Training and validation loaders plus the vocabulary (fastai `DataLoaders`).
+#[derive(Clone)]
+pub struct DataLoaders {
+    /// Shuffled every epoch, `drop_last`, batch transforms with augmentation.
+    pub train: Arc<dyn BatchSource>,
+    /// In order, deterministic batch transforms.
+    pub valid: Arc<dyn BatchSource>,
+    /// Class names; targets index into it.
+    pub vocab: CategoryMap,
+}
