@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod pickle;
+mod pickle;
 mod pth;
 mod safetensors;
 
@@ -123,6 +123,8 @@ impl fmt::Display for LoadReport {
 
 /// Copies the tensors into the variables of `vs` with the same names (PyTorch
 /// `Module.load_state_dict`). Values are converted to each variable's dtype and device.
+/// BatchNorm `*.num_batches_tracked` counters without a variable are skipped, not
+/// reported (tch's BatchNorm has no such buffer).
 ///
 /// `strict = true`: any missing, unexpected or shape-mismatched tensor is an error that
 /// lists every one of them, and nothing is loaded. `strict = false`: loads what fits and
@@ -135,6 +137,9 @@ pub fn load_into(vs: &mut VarStore, tensors: Vec<(String, Tensor)>, strict: bool
     let mut fits = Vec::new();
     for (name, t) in tensors {
         match vars.get(&name) {
+            // BatchNorm's step counter: tch's BatchNorm has no such buffer (PyTorch uses it
+            // only with momentum=None), so a file's counters are dropped silently.
+            None if name.ends_with("num_batches_tracked") => {}
             None => report.unexpected.push(name),
             Some(v) if v.size() != t.size() => {
                 report.mismatched.push(Mismatch { name, file_shape: t.size(), model_shape: v.size() })

@@ -47,19 +47,29 @@ pub struct TensorRef {
 /// A Python value as far as kestrel needs to understand it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// Python `None`.
     None,
+    /// `True` / `False`.
     Bool(bool),
+    /// An int (128 bits hold torch's legacy magic number).
     Int(i128),
+    /// A float (kept for completeness: optimizer states in checkpoints hold them).
     Float(f64),
+    /// A str.
     Str(String),
+    /// bytes (protocol 2 strings, `BINBYTES`).
     Bytes(Vec<u8>),
+    /// A tuple of objects.
     Tuple(Vec<Id>),
+    /// A list of objects.
     List(Vec<Id>),
     /// `dict` or `collections.OrderedDict`; items in insertion order.
     Dict(Vec<(Id, Id)>),
     /// A whitelisted class or function, e.g. `torch._utils._rebuild_tensor_v2`.
     Global(String),
+    /// A storage from a persistent id.
     Storage(StorageRef),
+    /// A tensor from one of the `_rebuild_tensor*` functions.
     Tensor(TensorRef),
     /// A torch dtype (`torch.float16`), an argument of `_rebuild_tensor_v3`.
     Dtype(Kind),
@@ -241,7 +251,7 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
     fn dict_set(&mut self, dict: Id, pairs: &[Id]) -> crate::Result<()> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             bail!("SETITEMS got an odd number of items");
         }
         let Value::Dict(items) = &mut self.heap[dict] else { bail!("SETITEM(S) on a value that is not a dict") };
@@ -512,6 +522,9 @@ impl<'a> Unpickler<'a> {
             Value::Str(s) => s.clone(),
             _ => bail!("persistent id: the storage key is not a string"),
         };
+        if t.get(5).is_some_and(|&v| self.heap[v] != Value::None) {
+            bail!("storage {key} is a view of another storage (PyTorch < 0.4 files), which kestrel does not read");
+        }
         let numel = self.int(t[4], "storage size")?;
         if numel < 0 {
             bail!("storage {key} has a negative size {numel}");

@@ -27,7 +27,7 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).context("not a readable zip archive (truncated or damaged file?)")?;
     let pkl = (0..zip.len())
         .filter_map(|i| zip.name_for_index(i).map(str::to_owned))
-        .filter(|n| n.ends_with("data.pkl"))
+        .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
         .min_by_key(|n| n.len())
         .context("the zip archive has no data.pkl, so it was not written by torch.save")?;
     let prefix = &pkl[..pkl.len() - "data.pkl".len()];
