@@ -13,6 +13,7 @@
 
 use super::pickle::{Id, StorageRef, TensorRef, Unpickler, Value};
 use anyhow::{Context, bail};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use tch::{Device, Kind, Tensor};
@@ -38,7 +39,7 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
             bail!("the tensors are stored {}-endian; only little-endian files are supported", order.trim());
         }
     }
-    let program = read_entry(&mut zip, &pkl, MAX_PICKLE_BYTES)?;
+    let program = read_entry(&mut zip, bytes, &pkl, MAX_PICKLE_BYTES)?;
     let mut u = Unpickler::new(&program, 0);
     let root = u.load().context("in data.pkl")?;
     let refs = state_dict(&u, root)?;
@@ -47,7 +48,7 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
         .map(|(name, t)| {
             let key = &t.storage.key;
             let need = storage_bytes(&t.storage)?;
-            let st = storages.get(&t.storage, || read_entry(&mut zip, &format!("{prefix}data/{key}"), need))?;
+            let st = storages.get(&t.storage, || read_entry(&mut zip, bytes, &format!("{prefix}data/{key}"), need))?;
             Ok((name.clone(), view(&st, &t).with_context(|| format!("tensor {name}"))?))
         })
         .collect()
@@ -56,12 +57,23 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
 /// Largest `data.pkl` accepted (a state dict's pickle is a few hundred kB).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
-/// Reads at most `limit` bytes of the archive entry `name`.
-fn read_entry(zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str, limit: u64) -> crate::Result<Vec<u8>> {
+/// At most `limit` bytes of the archive entry `name`; torch stores entries uncompressed,
+/// and those are borrowed from `bytes` (the whole archive) without a copy.
+fn read_entry<'b>(
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    bytes: &'b [u8],
+    name: &str,
+    limit: u64,
+) -> crate::Result<Cow<'b, [u8]>> {
     let f = zip.by_name(name).with_context(|| format!("the archive has no entry {name}"))?;
+    if f.compression() == zip::CompressionMethod::Stored {
+        let (start, len) = (f.data_start(), f.size().min(limit));
+        let slice = start.checked_add(len).and_then(|end| bytes.get(start as usize..end as usize));
+        return slice.map(Cow::Borrowed).with_context(|| format!("archive entry {name} reaches past the end of the file (truncated?)"));
+    }
     let mut buf = Vec::with_capacity(f.size().min(limit) as usize);
     f.take(limit).read_to_end(&mut buf).with_context(|| format!("cannot read archive entry {name} (file damaged?)"))?;
-    Ok(buf)
+    Ok(Cow::Owned(buf))
 }
 
 /// Size in bytes of a storage, or an error when it overflows.
@@ -115,7 +127,7 @@ pub fn load_legacy(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
     refs.into_iter()
         .map(|(name, t)| {
             let key = &t.storage.key;
-            let raw = || data.get(key).map(|d| d.to_vec()).with_context(|| format!("storage {key} has no data in the file"));
+            let raw = || data.get(key).map(|&d| Cow::Borrowed(d)).with_context(|| format!("storage {key} has no data in the file"));
             let st = storages.get(&t.storage, raw)?;
             Ok((name.clone(), view(&st, &t).with_context(|| format!("tensor {name}"))?))
         })
@@ -159,7 +171,7 @@ fn state_dict(u: &Unpickler, root: Id) -> crate::Result<Vec<(String, TensorRef)>
 struct Storages(HashMap<String, Tensor>);
 
 impl Storages {
-    fn get(&mut self, s: &StorageRef, raw: impl FnOnce() -> crate::Result<Vec<u8>>) -> crate::Result<Tensor> {
+    fn get<'b>(&mut self, s: &StorageRef, raw: impl FnOnce() -> crate::Result<Cow<'b, [u8]>>) -> crate::Result<Tensor> {
         if let Some(t) = self.0.get(&s.key) {
             return Ok(t.shallow_clone());
         }
