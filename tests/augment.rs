@@ -212,3 +212,92 @@ fn bad_parameters_are_refused_by_name() {
     let e = t.apply(&Tensor::zeros([1, 1, 300, 300], (Kind::Uint8, tch::Device::Cpu)), true, &mut seeded(0)).unwrap_err();
     assert!(e.to_string().contains("(N, 3, H, W)"), "{e}");
 }
+
+/// (1, 3, H, W) u8 tensor of an RGB image.
+fn to_tensor(img: &image::RgbImage) -> Tensor {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).unsqueeze(0)
+}
+
+/// The reference for the quality test: `map` (in the presized `p`×`p` item's normalised
+/// coordinates) applied to the full-size `s`×`s` original in f64, supersampled `k`×`k`
+/// per output pixel over its footprint and area-averaged to `out`×`out`, on [0, 1].
+fn reference(orig: &Tensor, map: &Mat3, p: i64, out: i64, k: i64) -> Tensor {
+    let s = orig.size()[2] as f64;
+    let opts = (Kind::Double, tch::Device::Cpu);
+    let step = 2.0 / (out - 1) as f64;
+    let j = Tensor::arange(out * k, opts);
+    let u = (j.divide_scalar_mode(k as f64, "floor") * step - 1.0)
+        + ((j.remainder(k as f64) + 0.5) / k as f64 - 0.5) * step;
+    let (n, uu, vv) = (out * k, u.view([1, -1]).expand([out * k, out * k], true), u.view([-1, 1]).expand([out * k, out * k], true));
+    let hom = |r: usize| &uu * map[r][0] + &vv * map[r][1] + map[r][2];
+    let z = hom(2);
+    let to_orig = |c: Tensor| {
+        let px = (c + 1.0) / 2.0 * (p - 1) as f64;
+        ((px + 0.5) * (s / p as f64) - 0.5) / (s - 1.0) * 2.0 - 1.0
+    };
+    let gx = to_orig(hom(0) / &z);
+    let gy = to_orig(hom(1) / &z);
+    let grid = Tensor::stack(&[gx, gy], 2).view([1, n, n, 2]);
+    let x = orig.to_kind(Kind::Double) / 255.0;
+    let fine = x.grid_sampler(&grid, 0, 2, true);
+    fine.avg_pool2d([k, k], [k, k], [0, 0], false, true, None::<i64>)
+}
+
+fn psnr(a: &Tensor, b: &Tensor) -> f64 {
+    let mse = (a.to_kind(Kind::Double) - b).square().mean(Kind::Double).double_value(&[]);
+    10.0 * (1.0 / mse).log10()
+}
+
+#[test]
+fn fused_resample_beats_sequential_on_real_photos() {
+    tch::set_num_threads(2);
+    let Some(dir) = pets_sample_or_skip("fused_resample_beats_sequential_on_real_photos") else { return };
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("images")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let (presize, out) = (460i64, 224i64);
+    let t = plain(None, out);
+    let (mut sum_fused, mut sum_seq, mut sum_full, mut count) = (0.0, 0.0, 0.0, 0);
+    for path in files {
+        let img = image::open(&path).unwrap().to_rgb8();
+        let s = img.width().min(img.height());
+        if s < presize as u32 {
+            continue;
+        }
+        let sq = image::imageops::crop_imm(&img, (img.width() - s) / 2, (img.height() - s) / 2, s, s).to_image();
+        let item = image::imageops::resize(&sq, presize as u32, presize as u32, image::imageops::FilterType::Triangle);
+        let i = count as f64;
+        let p = ImageAug {
+            rotate: 6.0 + i,
+            zoom: 1.1,
+            zoom_col: 0.4,
+            zoom_row: 0.6,
+            warp_x: 0.15,
+            warp_y: -0.1,
+            ..ImageAug::default()
+        };
+        let x = to_tensor(&item);
+        let fused = t.apply_params(&x, std::slice::from_ref(&p)).unwrap();
+        let seq = t.apply_op_by_op(&x, std::slice::from_ref(&p), false).unwrap();
+        let full = t.apply_op_by_op(&x, std::slice::from_ref(&p), true).unwrap();
+        let r = reference(&to_tensor(&sq), &image_map(&p, presize, presize), presize, out, 4);
+        let (pf, ps, pl) = (psnr(&fused, &r), psnr(&seq, &r), psnr(&full, &r));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        println!("{name}: fused {pf:.2} dB, sequential {ps:.2} dB, sequential at item size {pl:.2} dB");
+        sum_fused += pf;
+        sum_seq += ps;
+        sum_full += pl;
+        count += 1;
+        if count == 6 {
+            break;
+        }
+    }
+    assert!(count > 0, "no photo of at least {presize} px in the sample");
+    let (f, s, l) = (sum_fused / count as f64, sum_seq / count as f64, sum_full / count as f64);
+    println!(
+        "PSNR vs float64 full-size reference, mean over {count} photos: fused one resample {f:.2} dB, \
+         three sequential resamples (fastai uncomposed, each to {out} px) {s:.2} dB; for information, \
+         sequential with {presize}-px intermediates {l:.2} dB"
+    );
+    assert!(f > s, "fused {f:.2} dB should beat sequential {s:.2} dB");
+}

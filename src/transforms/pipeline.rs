@@ -112,22 +112,25 @@ impl BatchTfms {
     }
 
     /// The same result computed op by op, as without fastai's composition: one resample
-    /// per geometric transform (warp, flip/dihedral, rotate, zoom, then the crop/resize
-    /// to `size`; intermediate images keep the items' size), separate brightness and
-    /// contrast passes, then normalisation. The baseline of the fusion benchmark and
-    /// quality test; equals [`BatchTfms::apply_params`] up to resampling loss for square
-    /// items. Errors as [`BatchTfms::apply_params`].
-    pub fn apply_op_by_op(&self, x: &Tensor, params: &[ImageAug]) -> crate::Result<Tensor> {
+    /// per geometric transform that some image uses (in order warp, flip/dihedral,
+    /// rotate, zoom, crop), separate brightness and contrast passes, then normalisation.
+    /// With `at_item_size` false every resample outputs `size` (fastai's uncomposed
+    /// `aug_transforms`, each transform having `size=size`: the first one resizes); with
+    /// it true the intermediate images keep the items' size and the last resample
+    /// resizes. The baseline of the fusion benchmark and quality test; for square items
+    /// it is the same transform as [`BatchTfms::apply_params`] up to resampling loss.
+    /// Errors as [`BatchTfms::apply_params`].
+    pub fn apply_op_by_op(&self, x: &Tensor, params: &[ImageAug], at_item_size: bool) -> crate::Result<Tensor> {
         let (x, scale, h, w) = self.prepare(x, params.len())?;
         let stages: Vec<[Mat3; 5]> = params.iter().map(|p| stage_maps(p, h, w)).collect();
+        let mut active: Vec<usize> = (0..5).filter(|&k| stages.iter().any(|s| s[k] != IDENTITY)).collect();
+        if active.is_empty() {
+            active.push(4);
+        }
         let mut y = x;
-        for k in 0..5 {
-            let last = k == 4;
-            if !last && stages.iter().all(|s| s[k] == IDENTITY) {
-                continue;
-            }
+        for (i, &k) in active.iter().enumerate() {
             let maps: Vec<Mat3> = stages.iter().map(|s| s[k]).collect();
-            let (oh, ow) = if last { (self.size, self.size) } else { (h, w) };
+            let (oh, ow) = if at_item_size && i + 1 < active.len() { (h, w) } else { (self.size, self.size) };
             y = resample(&y, &maps, oh, ow, self.sampling())?;
         }
         let mut y = y * scale;
