@@ -21,6 +21,18 @@ use crate::util::rng::Rng;
 ///
 /// Input: (N, 3, H, W) `u8` 0..=255 (or a float batch already on [0, 1]) on any device;
 /// output: `f32` (N, 3, size, size) normalised, on the same device.
+///
+/// Where kestrel departs from fastai (`aug_transforms` + `Normalize`):
+/// - random draws come from kestrel's seeded CPU generator, so the numbers differ from a
+///   fastai run with the same seed (the distributions and probabilities are fastai's);
+/// - with `min_scale` < 1 fastai resamples twice (the affine transforms at the items'
+///   size, then `RandomResizedCropGPU`); kestrel composes the crop into the same map and
+///   resamples once;
+/// - a `size` larger than the items is refused instead of upsampling;
+/// - maps that only permute pixels (flips, dihedral, identity at the same size) use exact
+///   index operations; u8 batches are sampled on the 0..255 scale and scaled to [0, 1]
+///   afterwards (sampling is linear, so only rounding differs);
+/// - fastai's `xtra_tfms` are not supported.
 #[derive(Debug, Clone)]
 pub struct BatchTfms {
     aug: Option<AugTransforms>,
@@ -103,12 +115,15 @@ impl BatchTfms {
     pub fn apply_params(&self, x: &Tensor, params: &[ImageAug]) -> crate::Result<Tensor> {
         let (x, scale, h, w) = self.prepare(x, params.len())?;
         let maps: Vec<Mat3> = params.iter().map(|p| image_map(p, h, w)).collect();
-        let y = resample(&x, &maps, self.size, self.size, self.sampling())?;
+        let mut y = resample(&x, &maps, self.size, self.size, self.sampling())?;
         if params.iter().all(ImageAug::lighting_is_identity) {
             return self.normalize.encode_scaled(&y, scale);
         }
         let (b, c): (Vec<f64>, Vec<f64>) = params.iter().map(|p| (p.brightness, p.contrast)).unzip();
-        self.normalize.encode(&lighting(&(y * scale), &b, &c)?)
+        if scale != 1.0 {
+            let _ = y.g_mul_scalar_(scale);
+        }
+        self.normalize.encode(&lighting(&y, &b, &c)?)
     }
 
     /// The same result computed op by op, as without fastai's composition: one resample
