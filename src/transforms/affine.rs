@@ -146,8 +146,11 @@ pub fn stage_maps(a: &ImageAug, h: i64, w: i64) -> [Mat3; 5] {
 /// `align_corners`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sampling {
+    /// Interpolation (`mode`).
     pub mode: Interpolation,
+    /// Padding outside the image (`padding_mode`).
     pub pad_mode: PadMode,
+    /// `align_corners`: ±1 are the centres of the corner pixels when true.
     pub align_corners: bool,
 }
 

@@ -17,8 +17,11 @@ use crate::util::rng::Rng;
 /// nearest or bicubic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interpolation {
+    /// Linear in x and y (fastai's default).
     Bilinear,
+    /// The nearest pixel.
     Nearest,
+    /// Cubic convolution (PyTorch `bicubic`, A = −0.75).
     Bicubic,
 }
 
@@ -37,8 +40,11 @@ impl Interpolation {
 /// pixels, or the image mirrored at its edges (reflection, fastai's default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PadMode {
+    /// Zeros outside the image.
     Zeros,
+    /// The nearest border pixel.
     Border,
+    /// The image mirrored at its edges (fastai's default).
     Reflection,
 }
 
@@ -261,9 +267,13 @@ impl AugTransforms {
 /// A crop in input pixels: rows `top..top+height`, columns `left..left+width`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crop {
+    /// First row (pixels).
     pub top: i64,
+    /// First column (pixels).
     pub left: i64,
+    /// Rows kept.
     pub height: i64,
+    /// Columns kept.
     pub width: i64,
 }
 
@@ -277,12 +287,15 @@ pub struct ImageAug {
     /// Rotation in degrees (fastai `rotate_mat`: positive turns the content clockwise
     /// on screen).
     pub rotate: f64,
-    /// Zoom factor (> 1 zooms in) and the zoom centre as fractions of width and height.
+    /// Zoom factor (> 1 zooms in; fastai `zoom_mat` scales coordinates by 1/zoom).
     pub zoom: f64,
+    /// Zoom centre as a fraction of the width, in [0, 1] (fastai `col_pct`).
     pub zoom_col: f64,
+    /// Zoom centre as a fraction of the height, in [0, 1] (fastai `row_pct`).
     pub zoom_row: f64,
-    /// Perspective warp magnitudes (fastai `_WarpCoord` `x_t`, `y_t`).
+    /// Perspective warp magnitude along x (fastai `_WarpCoord` `x_t`, half-image units).
     pub warp_x: f64,
+    /// Perspective warp magnitude along y (fastai `_WarpCoord` `y_t`, half-image units).
     pub warp_y: f64,
     /// Crop of the input taken before resizing to the output size (fastai
     /// `RandomResizedCropGPU`), or `None` for the whole item.
