@@ -37,7 +37,8 @@ impl Recorder {
         let beta = 0.98f32;
         self.smooth_count += 1;
         let l = loss as f32;
-        self.smooth_val = l + beta * (self.smooth_val - l);
+        // torch.lerp(loss, val, 0.98) for weight ≥ 0.5: end − (end − start)·(1 − weight)
+        self.smooth_val -= (self.smooth_val - l) * (1.0 - beta);
         let v = self.smooth_value();
         self.losses.push(v);
         self.lrs.push(lr);

@@ -1,8 +1,10 @@
 //! The data side (fastai `DataBlock` → `DataLoaders`): items, labels, splits, decoding,
 //! presizing item transforms and the batched, prefetching loaders.
 
+mod tensor_loader;
 mod vocab;
 
+pub use tensor_loader::TensorLoader;
 pub use vocab::CategoryMap;
 
 use std::sync::Arc;

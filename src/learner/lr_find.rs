@@ -111,24 +111,28 @@ impl LrFindResult {
 
 fn sugg(lr: f64, point_lr: f64, point_loss: f64) -> Suggestion { Suggestion { lr, point_lr, point_loss } }
 
-/// fastai `valley`: the longest run of decreasing losses (longest decreasing subsequence
-/// ending anywhere); the lr two thirds… precisely `start + int(len/3) + int(len/3/2)` into it.
+/// fastai `valley`: finds the longest decreasing subsequence of the losses (the
+/// "valley", from `start` to `end`) and suggests the lr at index
+/// `start + int(len/3) + int(len/3/2)` with `len = end − start`.
 /// Inputs in float32 like fastai's tensors; `lrs` and `losses` of equal, non-zero length.
 pub fn valley(lrs: &[f32], losses: &[f32]) -> Suggestion {
     let n = losses.len();
-    let (mut max_start, mut max_end) = (0usize, 0usize);
+    let (mut max_start, mut max_end) = (0isize, 0usize);
     let mut lds = vec![1usize; n];
     for i in 1..n {
         for j in 0..i {
             if losses[i] < losses[j] && lds[i] < lds[j] + 1 { lds[i] = lds[j] + 1; }
             if lds[max_end] < lds[i] {
                 max_end = i;
-                max_start = max_end - lds[max_end];
+                // as in fastai, this may be −1 (the valley starts at the first point)
+                max_start = max_end as isize - lds[max_end] as isize;
             }
         }
     }
-    let sections = (max_end - max_start) as f64 / 3.0;
-    let idx = max_start + sections as usize + (sections / 2.0) as usize;
+    let sections = (max_end as isize - max_start) as f64 / 3.0;
+    let idx = max_start + sections as isize + (sections / 2.0) as isize;
+    // a negative index counts from the end, like Python's
+    let idx = if idx < 0 { (n as isize + idx) as usize } else { idx as usize };
     sugg(lrs[idx] as f64, lrs[idx] as f64, losses[idx] as f64)
 }
 

@@ -1,6 +1,10 @@
 //! Vision models (ResNet, EfficientNet-Lite), the fastai head, weight files and the
 //! model zoo.
 
+mod simple_cnn;
+
+pub use simple_cnn::SimpleCnn;
+
 use tch::{Tensor, nn};
 
 /// One trainable tensor of a model, as the optimizer and the freezing logic see it.
