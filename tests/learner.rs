@@ -359,3 +359,16 @@ fn early_stopping_and_csv_logger() {
     let valid = learn.validate().unwrap();
     assert!((valid[0] - learn.recorder.values[1][1]).abs() < 1e-6);
 }
+
+#[test]
+fn bf16_autocast_on_cpu() {
+    let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+    let inside = kestrel::learner::fp16::with_cpu_autocast(|| a.matmul(&a));
+    assert_eq!(inside.kind(), Kind::BFloat16, "matmul under CPU autocast runs in bfloat16");
+    assert_eq!(a.matmul(&a).kind(), Kind::Float, "autocast is off again afterwards");
+    let mut learn = learner(dls(32, 16, 8), 10);
+    learn.to_bf16().unwrap();
+    learn.fit(1, 1e-3).unwrap();
+    assert!(learn.recorder.values[0].iter().all(|v| v.is_finite()), "{:?}", learn.recorder.values);
+    assert!(learn.model.var_store().variables().values().all(|v| v.kind() == Kind::Float), "weights stay float32");
+}

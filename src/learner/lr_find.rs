@@ -72,7 +72,7 @@ impl Learner {
         let (cbs, pass, resume) = (std::mem::take(&mut self.cbs), self.train_pass, self.resume.take());
         self.sched = LrSchedule::Sweep { sched: Sched::exp(o.start_lr, o.end_lr), num_it, stop_div: o.stop_div, best: f64::INFINITY };
         self.phase = 0;
-        let res = self.run_fit(num_it / n_batches + 1);
+        let res = self.run_fit(num_it / n_batches + 1, None);
         self.sched = LrSchedule::Constant;
         self.opt.zero_grad();
         self.cbs = cbs;

@@ -12,7 +12,7 @@ pub mod schedule;
 mod training;
 
 pub use checkpoint::Position;
-pub use fp16::GradScaler;
+pub use fp16::{GradScaler, Precision};
 pub use loss::{BCEWithLogitsLossFlat, CrossEntropyLossFlat, LabelSmoothingCrossEntropy, Loss};
 pub use lr_find::{LrFindOptions, LrFindResult, Suggestion};
 pub use optim::{Hypers, OptKind, OptParam, Optimizer};
@@ -77,8 +77,10 @@ pub struct Learner {
     pub model_dir: PathBuf,
     /// Feed batches in channels-last memory layout (see [`Learner::to_channels_last`]).
     pub channels_last: bool,
-    /// Dynamic loss scaling and autocast (see [`Learner::to_fp16`]).
+    /// Dynamic loss scaling of fp16 training (see [`Learner::to_fp16`]).
     pub scaler: Option<GradScaler>,
+    /// Precision of the forward pass (see [`Learner::to_fp16`], [`Learner::to_bf16`]).
+    pub precision: Precision,
 
     /// Number of epochs of the current fit.
     pub n_epoch: usize,
@@ -130,7 +132,7 @@ impl Learner {
         Ok(Learner {
             dls, model, loss_func, opt, metrics: vec![], cbs: vec![], recorder: Recorder::default(),
             moms: (0.95, 0.85, 0.95), wd: None, seed: None, model_dir: PathBuf::from("models"),
-            channels_last: false, scaler: None,
+            channels_last: false, scaler: None, precision: Precision::Fp32,
             n_epoch: 0, epoch: 0, n_iter: 0, iter: 0, train_iter: 0, pct_train: 0.0, training: false,
             phase: 0, train_pass: 0, xb: None, yb: None, pred: None, loss_grad: None, loss: f64::NAN,
             smooth_loss: f64::NAN, stop_reason: None, resume: None, sched: LrSchedule::Constant, skip_batches: 0,
@@ -175,7 +177,7 @@ impl Learner {
         self.opt.set_lrs(&lrs);
         self.sched = LrSchedule::Constant;
         self.phase = 0;
-        self.run_fit(n_epoch)
+        self.run_fit(n_epoch, None)
     }
 
     /// fastai `fit_one_cycle(n_epoch, lr_max, div=25, div_final=1e5, pct_start=0.25)`:
@@ -198,15 +200,16 @@ impl Learner {
     fn one_cycle_phase(&mut self, n_epoch: usize, lr_max: Lr, o: OneCycleOptions) -> crate::Result<()> {
         let lrs = lr_max.per_group(self.opt.groups.len());
         self.opt.set_lrs(&lrs);
-        if let Some(wd) = o.wd { self.opt.set_wd(wd); }
         let moms = o.moms.unwrap_or(self.moms);
         self.sched = LrSchedule::OneCycle(OneCycle::new(&lrs, o.div, o.div_final, o.pct_start, moms));
-        self.run_fit(n_epoch)
+        self.run_fit(n_epoch, o.wd)
     }
 
     /// fastai `fine_tune(epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100, pct_start=0.3,
     /// div=5)`: freeze; one-cycle `freeze_epochs` with `slice(base_lr)` and pct_start 0.99;
     /// halve `base_lr`; unfreeze; one-cycle `epochs` with `slice(base_lr/lr_mult, base_lr)`.
+    /// Unlike fastai, when a callback stopped the frozen phase with a
+    /// [`Learner::stop_reason`] (NaN loss, early stopping), the unfrozen phase is skipped.
     ///
     /// Errors: as [`Learner::fit`].
     pub fn fine_tune(&mut self, epochs: usize, base_lr: f64) -> crate::Result<()> {

@@ -1,6 +1,7 @@
 //! The training loop itself (fastai `Learner._do_fit`, `_do_epoch`, `one_batch`,
 //! `TrainEvalCallback`, `Recorder` and `ParamScheduler`), with fastai's event order.
 
+use super::fp16::{Precision, with_cpu_autocast};
 use super::{Learner, LrSchedule};
 use crate::callbacks::{Cancel, Event, is_cancel};
 use crate::data::Batch;
@@ -33,8 +34,9 @@ impl Learner {
         self.event(after)
     }
 
-    pub(crate) fn run_fit(&mut self, n_epoch: usize) -> crate::Result<()> {
-        if let Some(wd) = self.wd { self.opt.set_wd(wd); }
+    /// Runs `n_epoch` epochs; weight decay `wd`, else the learner's, else the optimizer's.
+    pub(crate) fn run_fit(&mut self, n_epoch: usize, wd: Option<f64>) -> crate::Result<()> {
+        if let Some(wd) = wd.or(self.wd) { self.opt.set_wd(wd); }
         let resume = match self.resume.take() {
             Some(r) if r.phase > self.phase => { self.resume = Some(r); return Ok(()); }
             Some(r) if r.phase == self.phase => Some(r),
@@ -196,9 +198,10 @@ impl Learner {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        match &self.scaler {
-            Some(_) => tch::autocast(true, || self.model.forward_t(x, train)).to_kind(tch::Kind::Float),
-            None => self.model.forward_t(x, train),
+        match self.precision {
+            Precision::Fp16 => tch::autocast(true, || self.model.forward_t(x, train)).to_kind(tch::Kind::Float),
+            Precision::Bf16Cpu => with_cpu_autocast(|| self.model.forward_t(x, train)).to_kind(tch::Kind::Float),
+            Precision::Fp32 => self.model.forward_t(x, train),
         }
     }
 
