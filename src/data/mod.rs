@@ -10,6 +10,7 @@ pub mod resize;
 pub mod show;
 pub mod split;
 pub mod summary;
+mod tensor_loader;
 mod vocab;
 
 pub use block::{DataBlock, Datasets, ImageDataLoaders, Source};
@@ -18,6 +19,7 @@ pub use label::{Labeller, PETS_PATTERN};
 pub use loader::{ImageDataLoader, LoaderConfig};
 pub use resize::{ItemTfm, PadMode, ResizeMethod};
 pub use split::Splitter;
+pub use tensor_loader::TensorLoader;
 pub use vocab::CategoryMap;
 use std::sync::Arc;
 use tch::{Device, Tensor};

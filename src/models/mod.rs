@@ -1,8 +1,11 @@
 //! Vision models (ResNet, EfficientNet-Lite), the fastai head, weight files and the
 //! model zoo.
 
+mod simple_cnn;
 pub mod weights;
 pub mod zoo;
+
+pub use simple_cnn::SimpleCnn;
 
 use tch::{Tensor, nn};
 
