@@ -188,3 +188,51 @@ fn pretrained_body_loads_and_reports_mismatches() {
     let err = m50.load_pretrained_body(named()).unwrap_err().to_string();
     assert!(err.contains("layer1.0.conv1.weight: file [64, 64, 3, 3] vs model [64, 64, 1, 1]"), "{err}");
 }
+
+/// The pretrained weights of EfficientNet-Lite`v`, or `None` (with a message) when this
+/// machine does not have them.
+fn lite_weights(v: usize) -> Option<Vec<(String, Tensor)>> {
+    let dir = std::env::var("KESTREL_TEST_LITE_DIR").ok()?;
+    let path = std::path::Path::new(&dir).join(format!("efficientnet_lite{v}.safetensors"));
+    Tensor::read_safetensors(&path).ok()
+}
+
+#[test]
+fn imagenet_sanity_on_pets() {
+    use kestrel::models::imagenet::{CAT_CLASSES, DOG_CLASSES, normalize, resize_center_crop};
+    let Some(dir) = kestrel::util::testdata::pets_sample_or_skip("imagenet_sanity_on_pets") else { return };
+    tch::set_num_threads(2);
+    let mut rdr = csv::Reader::from_path(dir.join("labels.csv")).unwrap();
+    let rows: Vec<(String, String)> = rdr
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[2].to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 370);
+    let images: Vec<image::RgbImage> = rows.iter().map(|(f, _)| image::open(dir.join(f)).unwrap().to_rgb8()).collect();
+    for (v, arch) in [(0, Arch::EfficientNetLite0), (1, Arch::EfficientNetLite1), (2, Arch::EfficientNetLite2)] {
+        let Some(weights) = lite_weights(v) else {
+            eprintln!("skipped: imagenet_sanity_on_pets needs the {arch} weights of kestrel's venv (not on this machine)");
+            return;
+        };
+        let mut m = ImagenetClassifier::new(arch, Device::Cpu).unwrap();
+        m.load(weights).unwrap();
+        let meta = m.meta();
+        let mut top1 = Vec::new();
+        for chunk in images.chunks(64) {
+            let xs: Vec<Tensor> = chunk.iter().map(|im| resize_center_crop(im, meta.input_size as u32).unwrap()).collect();
+            let logits = m.forward(&normalize(&Tensor::stack(&xs, 0), &meta.normalization));
+            top1.extend(Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap());
+        }
+        let share = |species: &str, ok: &std::ops::RangeInclusive<i64>| {
+            let hits: Vec<bool> =
+                rows.iter().zip(&top1).filter(|((_, s), _)| s == species).map(|(_, t)| ok.contains(t)).collect();
+            hits.iter().filter(|&&h| h).count() as f64 / hits.len() as f64
+        };
+        let (dogs, cats) = (share("dog", &DOG_CLASSES), share("cat", &CAT_CLASSES));
+        println!("{arch}: top-1 is a dog class for {:.1} % of dogs, a cat class for {:.1} % of cats", dogs * 100.0, cats * 100.0);
+        assert!(dogs >= 0.94 && cats >= 0.82, "{arch}: dogs {dogs:.3} (need 0.94), cats {cats:.3} (need 0.82)");
+    }
+}

@@ -83,22 +83,28 @@ impl ImagenetClassifier {
     }
 }
 
-/// Reads an image file, resizes it so its short side is `size` (antialiased bilinear, as
-/// PIL/torchvision `Resize(size)`; the long side is ⌊size·long/short⌋) and crops the
-/// centre `size`×`size` (torchvision `CenterCrop`). Returns `u8` (3, size, size), RGB.
+/// Reads an image file and prepares it as [`resize_center_crop`] does.
 ///
 /// Errors: the file cannot be read or decoded (the message names it).
 pub fn load_center_crop(path: &Path, size: u32) -> crate::Result<Tensor> {
     let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
+    resize_center_crop(&img, size).with_context(|| format!("cannot resize image {}", path.display()))
+}
+
+/// Resizes an RGB image so its short side is `size` (antialiased bilinear, as
+/// PIL/torchvision `Resize(size)`; the long side becomes ⌊size·long/short⌋) and crops the
+/// centre `size`×`size` (torchvision `CenterCrop`). Returns `u8` (3, size, size), RGB.
+///
+/// Errors: the resizer fails (an empty image).
+pub fn resize_center_crop(img: &image::RgbImage, size: u32) -> crate::Result<Tensor> {
     let (w, h) = img.dimensions();
-    let short = w.min(h).max(1) as u64;
+    anyhow::ensure!(w > 0 && h > 0 && size > 0, "cannot resize a {w}x{h} image to {size}x{size}");
+    let short = w.min(h) as u64;
     let scale = |long: u32| ((size as u64 * long as u64) / short).max(size as u64) as u32;
     let (nw, nh) = if w <= h { (size, scale(h)) } else { (scale(w), size) };
     let mut dst = Image::new(nw, nh, fr::PixelType::U8x3);
     let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(fr::FilterType::Bilinear));
-    Resizer::new()
-        .resize(&img, &mut dst, &opts)
-        .with_context(|| format!("cannot resize image {}", path.display()))?;
+    Resizer::new().resize(img, &mut dst, &opts)?;
     // torchvision CenterCrop: top = int(round((h - size) / 2)), Python's round-half-even.
     let offset = |n: u32| {
         let (d, half) = (n - size, (n - size) / 2);
