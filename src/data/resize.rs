@@ -3,7 +3,8 @@
 
 use crate::util::rng::Rng;
 use anyhow::{Context, bail};
-use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer, images::Image as FrImage, PixelType};
+use fast_image_resize::images::{CroppedImage, Image as FrImage};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 use rand::Rng as _;
 use std::cell::RefCell;
@@ -158,18 +159,18 @@ thread_local! {
 }
 
 /// Resizes the region (left, top, width, height) of `img` to `out_w` x `out_h` with
-/// antialiased bilinear convolution (PIL `BILINEAR`).
+/// antialiased bilinear convolution (PIL `BILINEAR`). The region is cut out first (a view,
+/// no copy), so pixels outside it never enter the filter — as fastai's crop-then-resize.
 fn resize(img: &RgbImage, region: (u32, u32, u32, u32), out_w: u32, out_h: u32) -> crate::Result<RgbImage> {
     let (l, t, cw, ch) = region;
     if (l, t, cw, ch) == (0, 0, out_w, out_h) && img.dimensions() == (out_w, out_h) {
         return Ok(img.clone());
     }
     let mut dst = FrImage::new(out_w, out_h, PixelType::U8x3);
-    let opts = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(l as f64, t as f64, cw as f64, ch as f64);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let src = CroppedImage::new(img, l, t, cw, ch).with_context(|| format!("crop box {cw}x{ch} at ({l}, {t})"))?;
     RESIZER
-        .with(|r| r.borrow_mut().resize(img, &mut dst, &opts))
+        .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
         .with_context(|| format!("resizing a {}x{} image to {out_w}x{out_h}", img.width(), img.height()))?;
     RgbImage::from_raw(out_w, out_h, dst.into_vec()).context("resize produced a buffer of the wrong size")
 }
