@@ -7,8 +7,9 @@ pub mod imagenet;
 mod layers;
 pub mod meta;
 pub mod resnet;
-pub mod state;
 pub mod vision;
+pub mod weights;
+pub mod zoo;
 
 use tch::{Tensor, nn};
 
