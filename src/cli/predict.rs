@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use tch::Tensor;
 
 use crate::models::Arch;
+use crate::models::weights::load_state_dict;
+use crate::models::zoo::weights_file;
 use crate::models::imagenet::{ImagenetClassifier, class_names, load_center_crop, normalize, top_k};
 use crate::util::device::parse_device;
 
@@ -22,8 +24,10 @@ pub struct PredictArgs {
     /// resnet152, efficientnet_lite0 … efficientnet_lite4.
     #[arg(long, default_value = "resnet34")]
     pub arch: String,
-    /// Weight file of the pretrained network (safetensors; names as torchvision's state
-    /// dict or the EfficientNet-Lite `.pth` files).
+    /// Weight file of the pretrained network (.pth/.pt or safetensors, names as
+    /// torchvision's state dict or the EfficientNet-Lite `.pth` files). Default: the
+    /// model zoo's pretrained weights (downloaded once and cached, or found in kestrel's
+    /// virtual environment for EfficientNet-Lite0–2).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Print one JSON object per photo per line:
@@ -49,13 +53,6 @@ pub fn run(args: PredictArgs) -> crate::Result<()> {
     bail!("kestrel predict needs --imagenet (prediction with a trained model is not built yet)")
 }
 
-/// Reads a weight file into named tensors.
-///
-/// Errors: the file cannot be read, or it is not a safetensors file.
-fn read_weights(path: &Path) -> crate::Result<Vec<(String, Tensor)>> {
-    Tensor::read_safetensors(path).with_context(|| format!("cannot read weights from {}", path.display()))
-}
-
 /// Number of photos per forward pass.
 const BATCH: usize = 32;
 
@@ -65,11 +62,9 @@ const BATCH: usize = 32;
 fn run_imagenet(args: &PredictArgs) -> crate::Result<()> {
     let arch: Arch = args.arch.parse()?;
     let device = parse_device(&args.device)?;
-    let Some(weights) = &args.weights else {
-        bail!("kestrel predict --imagenet --arch {arch} needs --weights FILE (a safetensors file of the pretrained network)")
-    };
+    let file = weights_file(arch.name(), args.weights.as_deref(), true)?;
     let mut model = ImagenetClassifier::new(arch, device)?;
-    model.load(read_weights(weights)?)?;
+    model.load(load_state_dict(&file)?)?;
     let meta = model.meta();
     let names = class_names();
     for chunk in args.photos.chunks(BATCH) {

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::efficientnet::EfficientNetLite;
 use super::meta::{Arch, Meta, Normalization};
 use super::resnet::ResNet;
-use super::state::load_renamed;
+use super::weights::load_into;
 
 const CLASSES: &str = include_str!("imagenet_classes.txt");
 
@@ -58,7 +58,7 @@ impl ImagenetClassifier {
     /// Loads a full pretrained state dict (names as in the file; `num_batches_tracked`
     /// ignored). Errors: any missing, unexpected or mis-shaped tensor (all listed).
     pub fn load(&mut self, tensors: Vec<(String, Tensor)>) -> crate::Result<()> {
-        load_renamed(&self.vs, tensors, |n| Some(n.to_string()), true)
+        load_into(&mut self.vs, tensors, true)
             .with_context(|| format!("loading ImageNet weights into {}", self.meta.arch))?;
         Ok(())
     }

@@ -8,7 +8,6 @@ mod layers;
 pub mod meta;
 pub mod resnet;
 mod simple_cnn;
-pub mod state;
 pub mod vision;
 pub mod weights;
 pub mod zoo;

@@ -19,6 +19,8 @@
 //!   goes from stride 8 to stride 16): group 0 = stem + stages 1–3 (Lite0: `_blocks.0`–`4`),
 //!   group 1 = stages 4–7 + `_conv_head` + `_bn1`, group 2 = head.
 
+use std::collections::HashMap;
+
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -26,7 +28,7 @@ use super::efficientnet::LiteBody;
 use super::head::Head;
 use super::meta::{Arch, Meta};
 use super::resnet::{BodyNames, ResNetBody};
-use super::state::{LoadReport, load_renamed, ordered_trainable};
+use super::weights::{LoadReport, load_into, map_names};
 use super::{Model, ParamInfo};
 
 #[derive(Debug)]
@@ -95,23 +97,19 @@ impl VisionModel {
     }
 
     /// Loads a pretrained ImageNet network's weights (named as in its file: torchvision
-    /// or `.pth` names, see [`pretrained_to_body_name`]) into the body; the file's
-    /// classifier is skipped and the head keeps its fresh initialisation.
+    /// or `.pth` names, see [`pretrained_to_body_name`]; read them with
+    /// [`crate::models::weights::load_state_dict`]) into the body; the file's classifier is
+    /// skipped and the head keeps its fresh initialisation.
     ///
     /// Errors: a tensor with the wrong shape, a body variable the file lacks, or a name the
     /// body does not have (all listed); the model is unchanged then.
     pub fn load_pretrained_body(&mut self, tensors: Vec<(String, Tensor)>) -> crate::Result<LoadReport> {
         let arch = self.meta.arch;
-        let mut report = load_renamed(&self.vs, tensors, |n| pretrained_to_body_name(arch, n), false)?;
-        report.missing.retain(|n| !n.starts_with("1."));
-        if !report.missing.is_empty() || !report.unexpected.is_empty() {
-            anyhow::bail!(
-                "pretrained weights do not fit {arch}: missing [{}], unexpected [{}]",
-                report.missing.join(", "),
-                report.unexpected.join(", ")
-            );
-        }
-        Ok(report)
+        let mut tensors = map_names(tensors, |n| pretrained_to_body_name(arch, n));
+        // The head keeps its values: load them onto themselves, so that the strict check
+        // covers exactly the body.
+        tensors.extend(self.vs.variables().into_iter().filter(|(n, _)| n.starts_with("1.")).map(|(n, t)| (n, t.copy())));
+        load_into(&mut self.vs, tensors, true).map_err(|e| anyhow::anyhow!("pretrained weights do not fit {arch}: {e:#}"))
     }
 
     /// Architecture, input size and normalisation.
@@ -150,6 +148,14 @@ impl VisionModel {
             },
         }
     }
+}
+
+/// The trainable variables of `vs` in creation order (the order PyTorch's `parameters()`
+/// yields for the same network), with their names; BatchNorm running statistics excluded.
+fn ordered_trainable(vs: &nn::VarStore) -> Vec<String> {
+    let by_ptr: HashMap<usize, String> =
+        vs.variables().into_iter().map(|(name, t)| (t.data_ptr() as usize, name)).collect();
+    vs.trainable_variables().iter().filter_map(|t| by_ptr.get(&(t.data_ptr() as usize)).cloned()).collect()
 }
 
 impl Model for VisionModel {
