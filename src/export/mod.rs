@@ -20,6 +20,7 @@ pub use meta::{
     ModelMeta, TrainingSummary, VERSION_KEY, utc_now_iso8601,
 };
 
+pub(crate) use predictor::argmax;
 pub use predictor::{Prediction, Predictor, TtaOptions, expand_image_paths, tta_combine};
 pub use preprocess::{ValidTransform, decode_rgb, presize, to_batch};
 

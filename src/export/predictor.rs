@@ -244,7 +244,7 @@ impl Predictor {
                 if idx.is_empty() {
                     return;
                 }
-                match run(items).and_then(|p| Ok(Vec::<f32>::try_from(p)?)) {
+                match run(items).and_then(|p| Ok(Vec::<f32>::try_from(p.flatten(0, -1))?)) {
                     Ok(flat) => {
                         let c = flat.len() / idx.len();
                         for (k, &i) in idx.iter().enumerate() {
