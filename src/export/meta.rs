@@ -44,9 +44,9 @@ pub struct InferenceTransforms {
     /// Item resize method: `crop`, `pad` or `squish` (fastai `ResizeMethod`).
     pub resize_method: String,
     /// Per-channel mean subtracted after scaling pixels to 0..=1 (RGB).
-    pub mean: [f32; 3],
+    pub mean: [f64; 3],
     /// Per-channel standard deviation divided by after subtracting `mean` (RGB).
-    pub std: [f32; 3],
+    pub std: [f64; 3],
     /// The training batch augmentation's parameters (fastai `aug_transforms` arguments),
     /// used by test-time augmentation; `null` when unknown.
     #[serde(default)]

@@ -82,8 +82,8 @@ pub fn to_batch(imgs: &[RgbImage]) -> crate::Result<Tensor> {
 /// (N, 3, size, size), bilinear resize (align_corners) then `(x/255 − mean) / std`.
 pub struct ValidTransform {
     size: i64,
-    mean: [f32; 3],
-    std: [f32; 3],
+    mean: [f64; 3],
+    std: [f64; 3],
 }
 
 impl ValidTransform {
@@ -105,7 +105,7 @@ impl BatchTransform for ValidTransform {
         if s[2] != self.size || s[3] != self.size {
             x = x.upsample_bilinear2d([self.size, self.size], true, None, None);
         }
-        let stat = |v: &[f32; 3]| Tensor::from_slice(v).view([1, 3, 1, 1]).to_device(dev);
+        let stat = |v: &[f64; 3]| Tensor::from_slice(v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(dev);
         Ok((x - stat(&self.mean)) / stat(&self.std))
     }
 }

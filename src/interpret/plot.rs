@@ -177,12 +177,13 @@ pub fn plot_top_losses(interp: &ClassificationInterpretation, k: usize, path: &P
         for (slot, t) in top.iter().enumerate() {
             let (col, row) = (slot as u32 % ncols, slot as u32 / ncols);
             let cx = (col * cw + cw / 2) as i32;
-            let mut y = (title_h + row * ch + 4) as i32;
             let (pred, act) = (&interp.vocab()[t.predicted], &interp.vocab()[t.actual]);
             let one = format!("{pred} / {act}");
             let mut lines = if text_width(&one, cap_size) <= thumb + pad { vec![one] } else { vec![format!("{pred} /"), act.clone()] };
             lines.push(format!("{:.2} / {:.2}", t.loss, t.prob));
-            for line in lines.iter().rev().take(3).rev() {
+            // Bottom-aligned just above the photo.
+            let mut y = (title_h + row * ch + cap_h) as i32 - lines.len() as i32 * (cap_size as i32 + 5) - 2;
+            for line in &lines {
                 root.draw_text(line, &cap, (cx, y)).map_err(draw_err)?;
                 y += cap_size as i32 + 5;
             }
