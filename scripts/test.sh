@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs libtorch when missing (scripts/setup.sh), then runs every
 # test. Tests that need ../shared/data/oxford-pets-sample print why they are skipped when
-# it is not there.
+# it is not there. Build outputs go to a cache folder shared by every clone on this
+# machine (override with CARGO_TARGET_DIR), so a fresh clone rebuilds only kestrel itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
+source scripts/env.sh
 cargo test --all-targets "$@"

@@ -23,6 +23,7 @@ pub mod interpret;
 pub mod learner;
 pub mod metrics;
 pub mod models;
+pub mod report;
 pub mod transforms;
 pub mod util;
 
