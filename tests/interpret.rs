@@ -154,6 +154,64 @@ fn export_round_trip_gives_the_same_probabilities() {
     assert!(max_abs_diff(&single.probs, &b[3].probs) < 1e-6);
 }
 
+/// The same check across processes: a child process (this test binary, re-run with only
+/// the model file's and the photos' paths in its environment) loads the exported file and
+/// predicts; its probabilities equal the in-memory model's within 1e-6. Real photos from
+/// the pets sample when present, generated ones otherwise.
+#[test]
+fn export_round_trip_in_a_separate_process() {
+    tch::set_num_threads(1);
+    register_tiny();
+    if let Some(model) = std::env::var_os("KESTREL_ROUNDTRIP_MODEL") {
+        let pred = Predictor::load(Path::new(&model), Device::Cpu).unwrap();
+        let photos: Vec<PathBuf> = std::env::var("KESTREL_ROUNDTRIP_PHOTOS").unwrap().lines().map(PathBuf::from).collect();
+        for r in pred.predict_files(&photos, 4, 2) {
+            println!("ROUNDTRIP {}", serde_json::to_string(&r.unwrap().probs).unwrap());
+        }
+        return;
+    }
+    let dir = tmp();
+    let photos: Vec<PathBuf> = match kestrel::util::testdata::pets_sample() {
+        Some(pets) => {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(pets.join("images")).unwrap().map(|e| e.unwrap().path()).collect();
+            v.sort();
+            v.into_iter().step_by(37).take(10).collect()
+        }
+        None => (0..6)
+            .map(|i| {
+                let p = dir.path().join(format!("g{i}.png"));
+                gradient(120, 90 + i * 7, i).save(&p).unwrap();
+                p
+            })
+            .collect(),
+    };
+    let vocab = ["cat", "dog", "other"];
+    let path = dir.path().join("exported.safetensors");
+    let model = Tiny::new(3, 11);
+    export::export(&path, &model, &card(&vocab)).unwrap();
+    let meta = export::read_model_meta(&path).unwrap();
+    let in_memory = Predictor::new(Box::new(model), meta).unwrap();
+    let expected: Vec<Vec<f32>> = in_memory.predict_files(&photos, 8, 1).into_iter().map(|r| r.unwrap().probs).collect();
+
+    let list: Vec<String> = photos.iter().map(|p| p.display().to_string()).collect();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["export_round_trip_in_a_separate_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env("KESTREL_ROUNDTRIP_MODEL", &path)
+        .env("KESTREL_ROUNDTRIP_PHOTOS", list.join("\n"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<Vec<f32>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("ROUNDTRIP ").map(|(_, j)| j))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), photos.len());
+    let worst = expected.iter().zip(&got).map(|(a, b)| max_abs_diff(a, b)).fold(0.0, f32::max);
+    eprintln!("round trip over {} photos in a separate process: max |Δp| = {worst:e}", photos.len());
+    assert!(worst < 1e-6, "max abs difference {worst}");
+}
+
 trait WithDate {
     fn with_date(self, m: &export::ModelMeta) -> Self;
 }
@@ -299,6 +357,15 @@ fn model_file_errors_say_what_is_wrong() {
     let ckpt = rewrite(&|m| drop(m.insert(export::FORMAT_KEY.into(), "checkpoint".into())), "ckpt.safetensors");
     let (k, msg) = kind(&ckpt);
     assert!(matches!(k, ModelFileError::Checkpoint { .. }) && msg.contains("checkpoint"), "{msg}");
+    // The Learner's checkpoints: libtorch archives with a `meta` JSON entry.
+    let lt_ckpt = d.join("stage1.pth");
+    let meta = br#"{"format":"kestrel-checkpoint-1","position":null,"seed":1}"#;
+    let named = vec![("model.fc.weight".to_string(), Tensor::zeros([2, 2], tch::kind::FLOAT_CPU)), ("meta".to_string(), Tensor::from_slice(meta))];
+    let mut buf = Vec::new();
+    Tensor::save_multi_to_stream(&named, &mut buf).unwrap();
+    std::fs::write(&lt_ckpt, buf).unwrap();
+    let (k, msg) = kind(&lt_ckpt);
+    assert!(matches!(k, ModelFileError::Checkpoint { .. }) && msg.contains("stage1.pth"), "{msg}");
     let newer = rewrite(&|m| drop(m.insert(export::VERSION_KEY.into(), "7".into())), "newer.safetensors");
     let (k, msg) = kind(&newer);
     assert!(matches!(k, ModelFileError::NewerVersion { found: 7, supported: 1, .. }) && msg.contains("upgrade"), "{msg}");

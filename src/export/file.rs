@@ -128,6 +128,9 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(HashMap<String, String>, S
     if bytes.is_empty() {
         return Err(ModelFileError::Truncated { path: p(), detail: "the file is empty".into() });
     }
+    if bytes.starts_with(b"PK\x03\x04") && contains(bytes, CHECKPOINT_MARK) {
+        return Err(ModelFileError::Checkpoint { path: p() });
+    }
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&[0x80, 0x02]) {
         return Err(ModelFileError::NotKestrel {
             path: p(),
@@ -174,6 +177,14 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(HashMap<String, String>, S
     }
     let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(path, format!("{e:?}")))?;
     Ok((header, st))
+}
+
+/// What the Learner's checkpoints (libtorch archives, `Learner::save`) carry in their
+/// uncompressed `meta` entry: `"format":"kestrel-checkpoint-N"`.
+const CHECKPOINT_MARK: &[u8] = b"kestrel-checkpoint";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn check_header(path: &Path, header: &HashMap<String, String>) -> Result<ModelMeta, ModelFileError> {
