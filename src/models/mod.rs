@@ -1,6 +1,9 @@
 //! Vision models (ResNet, EfficientNet-Lite), the fastai head, weight files and the
 //! model zoo.
 
+pub mod weights;
+pub mod zoo;
+
 use tch::{Tensor, nn};
 
 /// One trainable tensor of a model, as the optimizer and the freezing logic see it.

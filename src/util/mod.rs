@@ -3,6 +3,8 @@
 
 pub mod atomic;
 pub mod device;
+pub mod download;
 pub mod rng;
 pub mod testdata;
 pub mod threads;
+pub mod untar;
