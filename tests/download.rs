@@ -29,14 +29,19 @@ fn serve(name: &str, body: Vec<u8>, b: Behaviour) -> (String, Arc<Mutex<Vec<Stri
     std::thread::spawn(move || {
         for (i, conn) in listener.incoming().take(8).enumerate() {
             let Ok(mut s) = conn else { continue };
-            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
             let (line, range) = read_request(&s);
             log2.lock().unwrap().push(format!("{line} range={range:?}"));
             if !line.contains(&format!(" {path} ")) {
-                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
                 continue;
             }
-            let start = range.filter(|&r| !b.ignore_range && r < body.len()).unwrap_or(0);
+            let start = range
+                .filter(|&r| !b.ignore_range && r < body.len())
+                .unwrap_or(0);
             let head = if start > 0 {
                 format!(
                     "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -45,13 +50,18 @@ fn serve(name: &str, body: Vec<u8>, b: Behaviour) -> (String, Arc<Mutex<Vec<Stri
                     body.len() - start
                 )
             } else {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
             };
             let end = match b.cut_first_at {
                 Some(c) if i == 0 => c,
                 _ => body.len(),
             };
-            let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body[start..end]));
+            let _ = s
+                .write_all(head.as_bytes())
+                .and_then(|_| s.write_all(&body[start..end]));
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
     });
@@ -104,8 +114,14 @@ fn good_file_is_cached_and_verified() {
 fn hash_prefix_from_torchvision_file_names() {
     let c = Checksum::from_file_name("https://download.pytorch.org/models/resnet18-f37072fd.pth");
     assert_eq!(c, Some(Checksum::Sha256("f37072fd".into())));
-    assert_eq!(Checksum::from_file_name("https://example.com/model.pth"), None);
-    assert_eq!(Checksum::from_file_name("https://example.com/efficientnet-lite0.pth"), None);
+    assert_eq!(
+        Checksum::from_file_name("https://example.com/model.pth"),
+        None
+    );
+    assert_eq!(
+        Checksum::from_file_name("https://example.com/efficientnet-lite0.pth"),
+        None
+    );
 }
 
 #[test]
@@ -115,12 +131,24 @@ fn wrong_checksum_deletes_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("model.pth");
     let check = Checksum::Sha256("0123456789abcdef".into());
-    let err = format!("{:#}", download(&url, &dest, Some(&check), false).unwrap_err());
-    assert!(err.contains(&url) && err.contains("damaged") && err.contains("deleted") && err.contains("0123456789abcdef"), "{err}");
+    let err = format!(
+        "{:#}",
+        download(&url, &dest, Some(&check), false).unwrap_err()
+    );
+    assert!(
+        err.contains(&url)
+            && err.contains("damaged")
+            && err.contains("deleted")
+            && err.contains("0123456789abcdef"),
+        "{err}"
+    );
     assert!(!dest.exists() && !dir.path().join("model.pth.part").exists());
     // A bad file already in place (put there by hand) is reported, not deleted.
     std::fs::write(&dest, b"junk").unwrap();
-    let err = format!("{:#}", download(&url, &dest, Some(&check), false).unwrap_err());
+    let err = format!(
+        "{:#}",
+        download(&url, &dest, Some(&check), false).unwrap_err()
+    );
     assert!(err.contains("delete") && err.contains("model.pth"), "{err}");
     assert!(dest.exists());
 }
@@ -128,7 +156,14 @@ fn wrong_checksum_deletes_the_file() {
 #[test]
 fn cut_transfer_resumes_with_range() {
     let body = data(400_000);
-    let (url, log) = serve("big.bin", body.clone(), Behaviour { cut_first_at: Some(150_000), ..Default::default() });
+    let (url, log) = serve(
+        "big.bin",
+        body.clone(),
+        Behaviour {
+            cut_first_at: Some(150_000),
+            ..Default::default()
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.bin");
     download(&url, &dest, Some(&Checksum::Sha256(sha(&body))), false).unwrap();
@@ -141,7 +176,10 @@ fn cut_transfer_resumes_with_range() {
 #[test]
 fn cut_transfer_restarts_when_range_is_ignored() {
     let body = data(200_000);
-    let b = Behaviour { cut_first_at: Some(90_000), ignore_range: true };
+    let b = Behaviour {
+        cut_first_at: Some(90_000),
+        ignore_range: true,
+    };
     let (url, log) = serve("big.bin", body.clone(), b);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.bin");
@@ -152,20 +190,38 @@ fn cut_transfer_restarts_when_range_is_ignored() {
 
 #[test]
 fn connection_refused_says_where_to_put_the_file() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/resnet18-f37072fd.pth");
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("models/resnet18-f37072fd.pth");
-    let err = format!("{:#}", download(&url, &dest, Checksum::from_file_name(&url).as_ref(), false).unwrap_err());
-    assert!(err.contains(&url) && err.contains("offline") && err.contains(&format!("put it at {}", dest.display())), "{err}");
+    let err = format!(
+        "{:#}",
+        download(&url, &dest, Checksum::from_file_name(&url).as_ref(), false).unwrap_err()
+    );
+    assert!(
+        err.contains(&url)
+            && err.contains("offline")
+            && err.contains(&format!("put it at {}", dest.display())),
+        "{err}"
+    );
     assert!(err.contains("SHA-256 f37072fd"), "{err}");
 }
 
 /// A gzipped tar holding `pets/images/a.jpg` and `pets/labels.csv`, plus `extra`
 /// entries written with raw names (to forge paths the tar builder refuses).
 fn tgz(extra: &[&str]) -> Vec<u8> {
-    let mut t = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (name, content) in [("pets/images/a.jpg", &b"jpeg"[..]), ("pets/labels.csv", b"fname,label\na.jpg,cat\n")] {
+    let mut t = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, content) in [
+        ("pets/images/a.jpg", &b"jpeg"[..]),
+        ("pets/labels.csv", b"fname,label\na.jpg,cat\n"),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_size(content.len() as u64);
         h.set_mode(0o644);
@@ -186,7 +242,10 @@ fn tgz(extra: &[&str]) -> Vec<u8> {
 #[test]
 fn untar_data_downloads_checks_and_extracts() {
     let archive = tgz(&[]);
-    let check = Checksum::SizeMd5 { size: archive.len() as u64, md5_first_mib: hex::encode(Md5::digest(&archive)) };
+    let check = Checksum::SizeMd5 {
+        size: archive.len() as u64,
+        md5_first_mib: hex::encode(Md5::digest(&archive)),
+    };
     let (url, log) = serve("pets.tgz", archive, Behaviour::default());
     let home = tempfile::tempdir().unwrap();
     let dir = untar_data_in(home.path(), &url, Some(&check), false).unwrap();
@@ -195,10 +254,16 @@ fn untar_data_downloads_checks_and_extracts() {
     assert!(dir.join("labels.csv").is_file());
     assert!(home.path().join("archive/pets.tgz").is_file());
     // Extracted already: no second download.
-    assert_eq!(untar_data_in(home.path(), &url, Some(&check), false).unwrap(), dir);
+    assert_eq!(
+        untar_data_in(home.path(), &url, Some(&check), false).unwrap(),
+        dir
+    );
     assert_eq!(log.lock().unwrap().len(), 1);
     // Nothing but the result is left in data/ (the temporary folder is gone).
-    assert_eq!(std::fs::read_dir(home.path().join("data")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(home.path().join("data")).unwrap().count(),
+        1
+    );
 }
 
 #[test]
@@ -206,8 +271,14 @@ fn untar_refuses_paths_leaving_the_target() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("evil.tgz");
     std::fs::write(&archive, tgz(&["../escape.txt"])).unwrap();
-    let err = format!("{:#}", extract_tgz(&archive, &dir.path().join("data")).unwrap_err());
-    assert!(err.contains("refusing") && err.contains("escape.txt"), "{err}");
+    let err = format!(
+        "{:#}",
+        extract_tgz(&archive, &dir.path().join("data")).unwrap_err()
+    );
+    assert!(
+        err.contains("refusing") && err.contains("escape.txt"),
+        "{err}"
+    );
     assert!(!dir.path().join("escape.txt").exists());
     // A damaged archive is an error, not a panic.
     std::fs::write(&archive, &tgz(&[])[..40]).unwrap();
@@ -218,9 +289,17 @@ fn untar_refuses_paths_leaving_the_target() {
 fn pets_folder_and_fastai_record() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(pets_dir(Some(dir.path()), false).unwrap(), dir.path());
-    let err = pets_dir(Some(&dir.path().join("nope")), false).unwrap_err().to_string();
-    assert!(err.contains("nope") && err.contains("does not exist"), "{err}");
+    let err = pets_dir(Some(&dir.path().join("nope")), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope") && err.contains("does not exist"),
+        "{err}"
+    );
     // fastai/data/download_checks.py: size and MD5 of the first MiB of URLs.PETS.
-    let want = Checksum::SizeMd5 { size: 811_706_944, md5_first_mib: "e4db5c768afd933bb91f5f594d7417a4".into() };
+    let want = Checksum::SizeMd5 {
+        size: 811_706_944,
+        md5_first_mib: "e4db5c768afd933bb91f5f594d7417a4".into(),
+    };
     assert_eq!(fastai_check(PETS_URL), Some(want));
 }

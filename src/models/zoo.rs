@@ -79,7 +79,12 @@ pub fn pretrained_weights_in(home: &Path, arch: &str, progress: bool) -> crate::
         {
             return Ok(hub);
         }
-        return download(url, &home.join("models").join(file), check.as_ref(), progress);
+        return download(
+            url,
+            &home.join("models").join(file),
+            check.as_ref(),
+            progress,
+        );
     }
     match a.strip_prefix("efficientnet_lite") {
         Some(n @ ("0" | "1" | "2")) => efficientnet_lite_file(home, n),
@@ -87,7 +92,10 @@ pub fn pretrained_weights_in(home: &Path, arch: &str, progress: bool) -> crate::
             "no pretrained weights for {a}: PyTorch weights are published only for EfficientNet-Lite0, 1 and 2. \
              Train it from scratch (without --pretrained) or pass --weights FILE"
         ),
-        _ => bail!("unknown architecture {arch:?}; kestrel knows {}", ARCHS.join(", ")),
+        _ => bail!(
+            "unknown architecture {arch:?}; kestrel knows {}",
+            ARCHS.join(", ")
+        ),
     }
 }
 
@@ -107,7 +115,11 @@ fn efficientnet_lite_file(home: &Path, n: &str) -> crate::Result<PathBuf> {
     let mut found: Vec<PathBuf> = subdirs(home, "venv-torch-")
         .iter()
         .flat_map(|venv| subdirs(&venv.join("lib"), "python3"))
-        .flat_map(|py| std::fs::read_dir(py.join("site-packages").join(&package).join("models")).into_iter().flatten())
+        .flat_map(|py| {
+            std::fs::read_dir(py.join("site-packages").join(&package).join("models"))
+                .into_iter()
+                .flatten()
+        })
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "pth"))
         .collect();
@@ -132,7 +144,12 @@ fn subdirs(dir: &Path, prefix: &str) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+        })
         .collect();
     v.sort();
     v

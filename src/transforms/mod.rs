@@ -1,4 +1,20 @@
 //! Batch transforms (fastai `batch_tfms`): run on the batch's device after collation.
+//!
+//! - [`augment`]: fastai's `aug_transforms` parameters and their random draws.
+//! - [`affine`]: the coordinate maps, composed into one per image, and the one resample.
+//! - [`lighting`]: brightness and contrast in logit space, fused.
+//! - [`normalize`]: per-channel normalisation (ImageNet by default).
+//! - [`pipeline`]: [`BatchTfms`], the stage the data loaders call.
+
+pub mod affine;
+pub mod augment;
+pub mod lighting;
+pub mod normalize;
+pub mod pipeline;
+
+pub use augment::{AugTransforms, Crop, ImageAug, Interpolation, PadMode, aug_transforms};
+pub use normalize::Normalize;
+pub use pipeline::BatchTfms;
 
 use crate::util::rng::Rng;
 use tch::Tensor;

@@ -18,7 +18,11 @@ use std::time::Duration;
 ///
 /// Errors: none of the three variables is set.
 pub fn kestrel_home() -> crate::Result<PathBuf> {
-    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("KESTREL_HOME")
         .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("kestrel")))
         .or_else(|| var("HOME").map(|p| p.join(".cache/kestrel")))
@@ -43,8 +47,11 @@ impl Checksum {
         let name = url.rsplit('/').next()?;
         let stem = name.split('.').next()?;
         let hex = stem.rsplit_once('-')?.1;
-        (hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Checksum::Sha256(hex.to_string()))
+        (hex.len() >= 8
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Checksum::Sha256(hex.to_string()))
     }
 
     /// Checks `path`; the error says what was expected and what was found.
@@ -56,19 +63,26 @@ impl Checksum {
                     bail!("SHA-256 {want:?} must have 8 to 64 hex digits");
                 }
                 let mut h = Sha256::new();
-                std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+                std::io::copy(&mut f, &mut h)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 let got = hex::encode(h.finalize());
                 if !got.starts_with(&want.to_ascii_lowercase()) {
                     bail!("{} has SHA-256 {got}, expected {want}…", path.display());
                 }
             }
-            Checksum::SizeMd5 { size, md5_first_mib } => {
+            Checksum::SizeMd5 {
+                size,
+                md5_first_mib,
+            } => {
                 let len = f.metadata()?.len();
                 let mut head = Vec::new();
                 (&mut f).take(1 << 20).read_to_end(&mut head)?;
                 let got = hex::encode(Md5::digest(&head));
                 if len != *size || got != *md5_first_mib {
-                    bail!("{} has {len} bytes and MD5 {got} (first MiB), expected {size} bytes and {md5_first_mib}", path.display());
+                    bail!(
+                        "{} has {len} bytes and MD5 {got} (first MiB), expected {size} bytes and {md5_first_mib}",
+                        path.display()
+                    );
                 }
             }
         }
@@ -81,7 +95,10 @@ impl std::fmt::Display for Checksum {
         match self {
             Checksum::Sha256(h) if h.len() < 64 => write!(f, "SHA-256 {h}…"),
             Checksum::Sha256(h) => write!(f, "SHA-256 {h}"),
-            Checksum::SizeMd5 { size, md5_first_mib } => write!(f, "size {size} bytes, MD5 of the first MiB {md5_first_mib}"),
+            Checksum::SizeMd5 {
+                size,
+                md5_first_mib,
+            } => write!(f, "size {size} bytes, MD5 of the first MiB {md5_first_mib}"),
         }
     }
 }
@@ -98,15 +115,26 @@ impl std::fmt::Display for Checksum {
 /// Errors: the server cannot be reached (the message names the URL and the path where
 /// to put the file by hand), an HTTP error status, a failed check (says what to do),
 /// repeated interruptions (the partial file is kept for the next call), file-system errors.
-pub fn download(url: &str, dest: &Path, check: Option<&Checksum>, progress: bool) -> crate::Result<PathBuf> {
+pub fn download(
+    url: &str,
+    dest: &Path,
+    check: Option<&Checksum>,
+    progress: bool,
+) -> crate::Result<PathBuf> {
     if dest.is_file() {
         if let Some(c) = check {
-            c.verify(dest).map_err(|e| anyhow!("{e:#}; delete {} (or put a good copy of {url} there) and run again", dest.display()))?;
+            c.verify(dest).map_err(|e| {
+                anyhow!(
+                    "{e:#}; delete {} (or put a good copy of {url} there) and run again",
+                    dest.display()
+                )
+            })?;
         }
         return Ok(dest.to_path_buf());
     }
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create folder {}", dir.display()))?;
     }
     let part = PathBuf::from(format!("{}.part", dest.display()));
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -126,7 +154,9 @@ pub fn download(url: &str, dest: &Path, check: Option<&Checksum>, progress: bool
             Err(Fetch::Unreachable(e)) => bail!(
                 "cannot download {url}: {e} (offline?). Download it by other means and put it at {}{}",
                 dest.display(),
-                check.map(|c| format!(" (it must match {c})")).unwrap_or_default()
+                check
+                    .map(|c| format!(" (it must match {c})"))
+                    .unwrap_or_default()
             ),
             Err(Fetch::Interrupted(e)) => {
                 log::warn!("download of {url} interrupted ({e:#}); resuming");
@@ -135,7 +165,10 @@ pub fn download(url: &str, dest: &Path, check: Option<&Checksum>, progress: bool
         }
     }
     if let Some(e) = last_err {
-        bail!("the download of {url} was interrupted 4 times ({e:#}); what arrived is kept in {}: run again to resume", part.display());
+        bail!(
+            "the download of {url} was interrupted 4 times ({e:#}); what arrived is kept in {}: run again to resume",
+            part.display()
+        );
     }
     if let Some(c) = check
         && let Err(e) = c.verify(&part)
@@ -147,7 +180,8 @@ pub fn download(url: &str, dest: &Path, check: Option<&Checksum>, progress: bool
             dest.display()
         );
     }
-    std::fs::rename(&part, dest).with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))?;
+    std::fs::rename(&part, dest)
+        .with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))?;
     Ok(dest.to_path_buf())
 }
 
@@ -173,19 +207,42 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path, progress: bool) -> Result<
         Err(ureq::Error::StatusCode(416)) if have > 0 => {
             // The partial file is not a prefix of the server's file: start again.
             std::fs::remove_file(part).map_err(|e| Fetch::Fatal(e.into()))?;
-            return Err(Fetch::Interrupted(anyhow!("the server refused to resume; restarting")));
+            return Err(Fetch::Interrupted(anyhow!(
+                "the server refused to resume; restarting"
+            )));
         }
-        Err(ureq::Error::StatusCode(c)) => return Err(Fetch::Fatal(anyhow!("the server answered HTTP {c}"))),
-        Err(e @ (ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_))) => {
-            return Err(if have > 0 { Fetch::Interrupted(e.into()) } else { Fetch::Unreachable(e) });
+        Err(ureq::Error::StatusCode(c)) => {
+            return Err(Fetch::Fatal(anyhow!("the server answered HTTP {c}")));
+        }
+        Err(
+            e @ (ureq::Error::Io(_)
+            | ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Timeout(_)),
+        ) => {
+            return Err(if have > 0 {
+                Fetch::Interrupted(e.into())
+            } else {
+                Fetch::Unreachable(e)
+            });
         }
         Err(e) => return Err(Fetch::Fatal(e.into())),
     };
-    let header = |k: &str| resp.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |k: &str| {
+        resp.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let resumed = resp.status() == 206
-        && header("content-range").is_some_and(|r| r.strip_prefix("bytes ").is_some_and(|r| r.starts_with(&format!("{have}-"))));
+        && header("content-range").is_some_and(|r| {
+            r.strip_prefix("bytes ")
+                .is_some_and(|r| r.starts_with(&format!("{have}-")))
+        });
     let start = if resumed { have } else { 0 };
-    let total = header("content-length").and_then(|l| l.parse::<u64>().ok()).map(|l| l + start);
+    let total = header("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+        .map(|l| l + start);
     let mut file = OpenOptions::new()
         .create(true)
         .append(resumed)
@@ -203,14 +260,18 @@ fn fetch(agent: &ureq::Agent, url: &str, part: &Path, progress: bool) -> Result<
             Ok(n) => n,
             Err(e) => return Err(Fetch::Interrupted(anyhow!("after {got} bytes: {e}"))),
         };
-        file.write_all(&buf[..n]).map_err(|e| Fetch::Fatal(anyhow!("cannot write {}: {e}", part.display())))?;
+        file.write_all(&buf[..n])
+            .map_err(|e| Fetch::Fatal(anyhow!("cannot write {}: {e}", part.display())))?;
         got += n as u64;
         bar.set_position(got);
     }
-    file.sync_all().map_err(|e| Fetch::Fatal(anyhow!("cannot write {}: {e}", part.display())))?;
+    file.sync_all()
+        .map_err(|e| Fetch::Fatal(anyhow!("cannot write {}: {e}", part.display())))?;
     bar.finish_and_clear();
     match total {
-        Some(t) if got < t => Err(Fetch::Interrupted(anyhow!("the connection closed after {got} of {t} bytes"))),
+        Some(t) if got < t => Err(Fetch::Interrupted(anyhow!(
+            "the connection closed after {got} of {t} bytes"
+        ))),
         _ => Ok(()),
     }
 }
@@ -222,9 +283,11 @@ fn progress_bar(show: bool, total: Option<u64>, start: u64, url: &str) -> Progre
     let name = url.rsplit('/').next().unwrap_or(url).to_string();
     let bar = match total {
         Some(t) => ProgressBar::new(t).with_style(
-            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner(),
     };

@@ -19,7 +19,10 @@ pub fn fastai_check(url: &str) -> Option<Checksum> {
         PETS_URL => (811_706_944, "e4db5c768afd933bb91f5f594d7417a4"),
         _ => return None,
     };
-    Some(Checksum::SizeMd5 { size, md5_first_mib: md5.to_string() })
+    Some(Checksum::SizeMd5 {
+        size,
+        md5_first_mib: md5.to_string(),
+    })
 }
 
 /// The Oxford-IIIT Pet folder for `kestrel pets` (the fastai book's `path =
@@ -30,7 +33,9 @@ pub fn fastai_check(url: &str) -> Option<Checksum> {
 /// Errors: `data` or `$KESTREL_PETS_DIR` is not a folder; the download fails — the
 /// message then also points at `--data` and `KESTREL_PETS_DIR`.
 pub fn pets_dir(data: Option<&Path>, progress: bool) -> crate::Result<PathBuf> {
-    let given = data.map(Path::to_path_buf).or_else(|| std::env::var_os("KESTREL_PETS_DIR").map(PathBuf::from));
+    let given = data
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("KESTREL_PETS_DIR").map(PathBuf::from));
     if let Some(dir) = given {
         if !dir.is_dir() {
             bail!("the pet photos folder {} does not exist", dir.display());
@@ -53,8 +58,17 @@ pub fn untar_data(url: &str, progress: bool) -> crate::Result<PathBuf> {
 }
 
 /// [`untar_data`] with an explicit cache folder `home` and checksum.
-pub fn untar_data_in(home: &Path, url: &str, check: Option<&Checksum>, progress: bool) -> crate::Result<PathBuf> {
-    let file = url.rsplit('/').next().filter(|f| !f.is_empty()).with_context(|| format!("{url} names no file"))?;
+pub fn untar_data_in(
+    home: &Path,
+    url: &str,
+    check: Option<&Checksum>,
+    progress: bool,
+) -> crate::Result<PathBuf> {
+    let file = url
+        .rsplit('/')
+        .next()
+        .filter(|f| !f.is_empty())
+        .with_context(|| format!("{url} names no file"))?;
     let data = home.join("data");
     let target = data.join(archive_stem(file));
     if target.is_dir() {
@@ -66,7 +80,10 @@ pub fn untar_data_in(home: &Path, url: &str, check: Option<&Checksum>, progress:
 
 /// The archive's name without `.tgz`, `.tar.gz` or `.tar`.
 fn archive_stem(file: &str) -> &str {
-    [".tgz", ".tar.gz", ".tar"].iter().find_map(|s| file.strip_suffix(s)).unwrap_or(file)
+    [".tgz", ".tar.gz", ".tar"]
+        .iter()
+        .find_map(|s| file.strip_suffix(s))
+        .unwrap_or(file)
 }
 
 /// Extracts the gzipped tar `archive` into `dest_dir`, atomically: into a temporary
@@ -77,8 +94,14 @@ fn archive_stem(file: &str) -> &str {
 /// Errors: unreadable or damaged archive; an entry whose path or link target leaves the
 /// target folder (absolute or with `..`), which is refused.
 pub fn extract_tgz(archive: &Path, dest_dir: &Path) -> crate::Result<PathBuf> {
-    std::fs::create_dir_all(dest_dir).with_context(|| format!("cannot create folder {}", dest_dir.display()))?;
-    let name = archive.file_name().and_then(|n| n.to_str()).map(archive_stem).unwrap_or("data").to_string();
+    std::fs::create_dir_all(dest_dir)
+        .with_context(|| format!("cannot create folder {}", dest_dir.display()))?;
+    let name = archive
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(archive_stem)
+        .unwrap_or("data")
+        .to_string();
     let tmp = tempfile::Builder::new()
         .prefix(".extract-")
         .tempdir_in(dest_dir)
@@ -87,32 +110,52 @@ pub fn extract_tgz(archive: &Path, dest_dir: &Path) -> crate::Result<PathBuf> {
     std::fs::create_dir(&out)?;
     let f = File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
     let mut tar = tar::Archive::new(GzDecoder::new(f));
-    let damaged = |e: std::io::Error| anyhow::anyhow!("{} is damaged: {e} (delete it and run again)", archive.display());
+    let damaged = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "{} is damaged: {e} (delete it and run again)",
+            archive.display()
+        )
+    };
     for entry in tar.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
         let path = entry.path().map_err(damaged)?.into_owned();
         let kind = entry.header().entry_type();
         let link = entry.link_name().map_err(damaged)?.map(|l| l.into_owned());
         if !stays_inside(&path) || link.as_deref().is_some_and(|l| !stays_inside(l)) {
-            bail!("{}: refusing entry {} (its path or link leaves the target folder)", archive.display(), path.display());
+            bail!(
+                "{}: refusing entry {} (its path or link leaves the target folder)",
+                archive.display(),
+                path.display()
+            );
         }
-        if matches!(kind, EntryType::Regular | EntryType::Directory | EntryType::Symlink | EntryType::Link | EntryType::Continuous) {
+        if matches!(
+            kind,
+            EntryType::Regular
+                | EntryType::Directory
+                | EntryType::Symlink
+                | EntryType::Link
+                | EntryType::Continuous
+        ) {
             entry.unpack_in(&out).map_err(damaged)?;
         }
     }
-    let entries: Vec<PathBuf> = std::fs::read_dir(&out)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let entries: Vec<PathBuf> = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     let src = match entries.as_slice() {
         [one] if one.is_dir() => one.clone(),
         _ => out.clone(),
     };
     let target = dest_dir.join(src.file_name().expect("a named folder"));
     if !target.exists() {
-        std::fs::rename(&src, &target).with_context(|| format!("cannot move the extracted files to {}", target.display()))?;
+        std::fs::rename(&src, &target)
+            .with_context(|| format!("cannot move the extracted files to {}", target.display()))?;
     }
     Ok(target)
 }
 
 /// True for a relative path without `..` (so it cannot leave the folder it is joined to).
 fn stays_inside(p: &Path) -> bool {
-    p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }

@@ -14,9 +14,10 @@
 //! # Ok(()) }
 //! ```
 
-pub mod pickle;
+mod pickle;
 mod pth;
 mod safetensors;
+mod torch_objects;
 
 use anyhow::{anyhow, bail};
 use std::collections::HashSet;
@@ -38,7 +39,8 @@ pub use safetensors::load_safetensors;
 /// truncated or damaged data, a pickle that references a class outside the whitelist
 /// (the message names the class), no state dict inside. Never runs code from the file.
 pub fn load_state_dict(path: &Path) -> crate::Result<Vec<(String, Tensor)>> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read weight file {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow!("cannot read weight file {}: {e}", path.display()))?;
     load_state_dict_bytes(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
@@ -53,15 +55,23 @@ pub fn load_state_dict_bytes(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)
     } else if bytes.is_empty() {
         bail!("the file is empty")
     } else {
-        bail!("not a weight file kestrel knows (a PyTorch .pth/.pt zip or legacy file, or safetensors)")
+        bail!(
+            "not a weight file kestrel knows (a PyTorch .pth/.pt zip or legacy file, or safetensors)"
+        )
     }
 }
 
 /// Renames the tensors of a state dict: `f` returns the new name, or `None` to drop the
 /// tensor (e.g. a classifier that the model replaces). Use it when the model's variable
 /// names differ from the file's, e.g. a body stored under the prefix `0.`.
-pub fn map_names(tensors: Vec<(String, Tensor)>, mut f: impl FnMut(&str) -> Option<String>) -> Vec<(String, Tensor)> {
-    tensors.into_iter().filter_map(|(n, t)| f(&n).map(|m| (m, t))).collect()
+pub fn map_names(
+    tensors: Vec<(String, Tensor)>,
+    mut f: impl FnMut(&str) -> Option<String>,
+) -> Vec<(String, Tensor)> {
+    tensors
+        .into_iter()
+        .filter_map(|(n, t)| f(&n).map(|m| (m, t)))
+        .collect()
 }
 
 /// A tensor whose shape in the file differs from the model's variable of the same name.
@@ -101,14 +111,30 @@ impl LoadReport {
     fn problems(&self) -> String {
         let mut s = String::new();
         if !self.missing.is_empty() {
-            s += &format!("; {} missing from the file: [{}]", self.missing.len(), self.missing.join(", "));
+            s += &format!(
+                "; {} missing from the file: [{}]",
+                self.missing.len(),
+                self.missing.join(", ")
+            );
         }
         if !self.unexpected.is_empty() {
-            s += &format!("; {} unexpected (not in the model): [{}]", self.unexpected.len(), self.unexpected.join(", "));
+            s += &format!(
+                "; {} unexpected (not in the model): [{}]",
+                self.unexpected.len(),
+                self.unexpected.join(", ")
+            );
         }
         if !self.mismatched.is_empty() {
-            let m: Vec<String> =
-                self.mismatched.iter().map(|m| format!("{} (file {:?}, model {:?})", m.name, m.file_shape, m.model_shape)).collect();
+            let m: Vec<String> = self
+                .mismatched
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} (file {:?}, model {:?})",
+                        m.name, m.file_shape, m.model_shape
+                    )
+                })
+                .collect();
             s += &format!("; {} with the wrong shape: [{}]", m.len(), m.join(", "));
         }
         s
@@ -123,36 +149,59 @@ impl fmt::Display for LoadReport {
 
 /// Copies the tensors into the variables of `vs` with the same names (PyTorch
 /// `Module.load_state_dict`). Values are converted to each variable's dtype and device.
+/// BatchNorm `*.num_batches_tracked` counters without a variable are skipped, not
+/// reported (tch's BatchNorm has no such buffer).
 ///
 /// `strict = true`: any missing, unexpected or shape-mismatched tensor is an error that
 /// lists every one of them, and nothing is loaded. `strict = false`: loads what fits and
 /// returns the rest in the [`LoadReport`].
 ///
 /// Errors: strict mode with an incomplete match; a failing copy (libtorch error).
-pub fn load_into(vs: &mut VarStore, tensors: Vec<(String, Tensor)>, strict: bool) -> crate::Result<LoadReport> {
+pub fn load_into(
+    vs: &mut VarStore,
+    tensors: Vec<(String, Tensor)>,
+    strict: bool,
+) -> crate::Result<LoadReport> {
     let vars = vs.variables();
     let mut report = LoadReport::default();
     let mut fits = Vec::new();
     for (name, t) in tensors {
         match vars.get(&name) {
+            // BatchNorm's step counter: tch's BatchNorm has no such buffer (PyTorch uses it
+            // only with momentum=None), so a file's counters are dropped silently.
+            None if name.ends_with("num_batches_tracked") => {}
             None => report.unexpected.push(name),
-            Some(v) if v.size() != t.size() => {
-                report.mismatched.push(Mismatch { name, file_shape: t.size(), model_shape: v.size() })
-            }
+            Some(v) if v.size() != t.size() => report.mismatched.push(Mismatch {
+                name,
+                file_shape: t.size(),
+                model_shape: v.size(),
+            }),
             Some(v) => fits.push((name, v.shallow_clone(), t)),
         }
     }
-    let seen: HashSet<&str> = fits.iter().map(|(n, _, _)| n.as_str()).chain(report.mismatched.iter().map(|m| m.name.as_str())).collect();
-    report.missing = vars.keys().filter(|k| !seen.contains(k.as_str())).cloned().collect();
+    let seen: HashSet<&str> = fits
+        .iter()
+        .map(|(n, _, _)| n.as_str())
+        .chain(report.mismatched.iter().map(|m| m.name.as_str()))
+        .collect();
+    report.missing = vars
+        .keys()
+        .filter(|k| !seen.contains(k.as_str()))
+        .cloned()
+        .collect();
     report.missing.sort();
     report.unexpected.sort();
     report.mismatched.sort_by(|a, b| a.name.cmp(&b.name));
     if strict && !report.is_complete() {
-        bail!("the weights do not fit the model, nothing was loaded{}", report.problems());
+        bail!(
+            "the weights do not fit the model, nothing was loaded{}",
+            report.problems()
+        );
     }
     tch::no_grad(|| -> crate::Result<()> {
         for (name, mut v, t) in fits {
-            v.f_copy_(&t).map_err(|e| anyhow!("cannot copy tensor {name}: {e}"))?;
+            v.f_copy_(&t)
+                .map_err(|e| anyhow!("cannot copy tensor {name}: {e}"))?;
             report.loaded.push(name);
         }
         Ok(())

@@ -8,6 +8,7 @@
 //! `Lib/pickletools.py` (protocols 0–5, binary opcodes) and the tensor layout of
 //! `torch/_utils.py` (`_rebuild_tensor_v2`, `_rebuild_tensor_v3`, `_rebuild_parameter`).
 
+use super::torch_objects::{StorageRef, TensorRef, dtype_kind, storage_kind, whitelisted};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use tch::Kind;
@@ -16,50 +17,32 @@ use tch::Kind;
 /// that objects shared through the pickle memo stay shared when they are mutated later.
 pub type Id = usize;
 
-/// A storage referenced by a persistent id `('storage', type, key, location, numel, ...)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StorageRef {
-    /// Storage key: the file name under `data/` (zip format) or the key in the list of
-    /// storages that follows the pickle (old format).
-    pub key: String,
-    /// Element type of a typed storage (`torch.FloatStorage` …); `None` for
-    /// `torch.UntypedStorage` (bytes, used by `_rebuild_tensor_v3`).
-    pub kind: Option<Kind>,
-    /// Number of elements (bytes for an untyped storage).
-    pub numel: i64,
-}
-
-/// A tensor as `_rebuild_tensor_v2` would build it: a strided view of a storage.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorRef {
-    /// The storage holding the elements.
-    pub storage: StorageRef,
-    /// Element type of the tensor.
-    pub kind: Kind,
-    /// Offset of the first element, in elements.
-    pub offset: i64,
-    /// Shape.
-    pub size: Vec<i64>,
-    /// Strides, in elements.
-    pub stride: Vec<i64>,
-}
-
 /// A Python value as far as kestrel needs to understand it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// Python `None`.
     None,
+    /// `True` / `False`.
     Bool(bool),
+    /// An int (128 bits hold torch's legacy magic number).
     Int(i128),
+    /// A float (kept for completeness: optimizer states in checkpoints hold them).
     Float(f64),
+    /// A str.
     Str(String),
+    /// bytes (protocol 2 strings, `BINBYTES`).
     Bytes(Vec<u8>),
+    /// A tuple of objects.
     Tuple(Vec<Id>),
+    /// A list of objects.
     List(Vec<Id>),
     /// `dict` or `collections.OrderedDict`; items in insertion order.
     Dict(Vec<(Id, Id)>),
     /// A whitelisted class or function, e.g. `torch._utils._rebuild_tensor_v2`.
     Global(String),
+    /// A storage from a persistent id.
     Storage(StorageRef),
+    /// A tensor from one of the `_rebuild_tensor*` functions.
     Tensor(TensorRef),
     /// A torch dtype (`torch.float16`), an argument of `_rebuild_tensor_v3`.
     Dtype(Kind),
@@ -77,64 +60,16 @@ pub struct Unpickler<'a> {
     memo: HashMap<u64, Id>,
 }
 
-/// Globals a state dict may reference; everything else is refused.
-fn whitelisted(module: &str, name: &str) -> bool {
-    match module {
-        "collections" => name == "OrderedDict",
-        "torch._utils" => matches!(
-            name,
-            "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_tensor_v3" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
-        ),
-        "torch" => name == "device" || storage_kind(name).is_some() || dtype_kind(name).is_some(),
-        _ => false,
-    }
-}
-
-/// Element type of `torch.<name>` storage classes; `Some(None)` for `UntypedStorage`.
-fn storage_kind(name: &str) -> Option<Option<Kind>> {
-    Some(Some(match name {
-        "FloatStorage" => Kind::Float,
-        "DoubleStorage" => Kind::Double,
-        "HalfStorage" => Kind::Half,
-        "BFloat16Storage" => Kind::BFloat16,
-        "LongStorage" => Kind::Int64,
-        "IntStorage" => Kind::Int,
-        "ShortStorage" => Kind::Int16,
-        "CharStorage" => Kind::Int8,
-        "ByteStorage" => Kind::Uint8,
-        "BoolStorage" => Kind::Bool,
-        "ComplexFloatStorage" => Kind::ComplexFloat,
-        "ComplexDoubleStorage" => Kind::ComplexDouble,
-        "UntypedStorage" => return Some(None),
-        _ => return None,
-    }))
-}
-
-/// Element type of a `torch.<dtype>` global.
-fn dtype_kind(name: &str) -> Option<Kind> {
-    Some(match name {
-        "float32" | "float" => Kind::Float,
-        "float64" | "double" => Kind::Double,
-        "float16" | "half" => Kind::Half,
-        "bfloat16" => Kind::BFloat16,
-        "int64" | "long" => Kind::Int64,
-        "int32" | "int" => Kind::Int,
-        "int16" | "short" => Kind::Int16,
-        "int8" => Kind::Int8,
-        "uint8" => Kind::Uint8,
-        "bool" => Kind::Bool,
-        "float8_e5m2" => Kind::Float8e5m2,
-        "float8_e4m3fn" => Kind::Float8e4m3fn,
-        "float8_e5m2fnuz" => Kind::Float8e5m2fnuz,
-        "float8_e4m3fnuz" => Kind::Float8e4m3fnuz,
-        _ => return None,
-    })
-}
-
 impl<'a> Unpickler<'a> {
     /// An interpreter reading `data` from offset `pos`.
     pub fn new(data: &'a [u8], pos: usize) -> Self {
-        Unpickler { data, pos, heap: Vec::new(), stack: Vec::new(), memo: HashMap::new() }
+        Unpickler {
+            data,
+            pos,
+            heap: Vec::new(),
+            stack: Vec::new(),
+            memo: HashMap::new(),
+        }
     }
 
     /// Offset of the first byte after the last STOP (where the old format's next pickle starts).
@@ -152,8 +87,12 @@ impl<'a> Unpickler<'a> {
         self.memo.clear();
         loop {
             let at = self.pos;
-            let op = self.u8().context("the pickle ends before its STOP opcode")?;
-            let done = self.step(op).with_context(|| format!("pickle opcode 0x{op:02x} at byte {at}"))?;
+            let op = self
+                .u8()
+                .context("the pickle ends before its STOP opcode")?;
+            let done = self
+                .step(op)
+                .with_context(|| format!("pickle opcode 0x{op:02x} at byte {at}"))?;
             if done {
                 let top = self.pop()?;
                 return Ok(top);
@@ -169,7 +108,12 @@ impl<'a> Unpickler<'a> {
     fn take(&mut self, n: usize) -> crate::Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
         let Some(end) = end else {
-            bail!("the data is cut short (truncated file?): it ends at byte {}, {} more bytes were expected at byte {}", self.data.len(), n, self.pos)
+            bail!(
+                "the data is cut short (truncated file?): it ends at byte {}, {} more bytes were expected at byte {}",
+                self.data.len(),
+                n,
+                self.pos
+            )
         };
         let s = &self.data[self.pos..end];
         self.pos = end;
@@ -183,7 +127,10 @@ impl<'a> Unpickler<'a> {
     }
     fn line(&mut self) -> crate::Result<&'a str> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').context("a text argument has no end of line")?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .context("a text argument has no end of line")?;
         let s = std::str::from_utf8(&rest[..n]).context("a text argument is not UTF-8")?;
         self.pos += n + 1;
         Ok(s)
@@ -196,11 +143,18 @@ impl<'a> Unpickler<'a> {
         self.stack.pop().context("the pickle's stack is empty")
     }
     fn top(&self) -> crate::Result<Id> {
-        self.stack.last().copied().context("the pickle's stack is empty")
+        self.stack
+            .last()
+            .copied()
+            .context("the pickle's stack is empty")
     }
     /// Pops everything down to (and including) the topmost MARK.
     fn pop_mark(&mut self) -> crate::Result<Vec<Id>> {
-        let m = self.stack.iter().rposition(|&id| matches!(self.heap[id], Value::Mark)).context("no MARK on the stack")?;
+        let m = self
+            .stack
+            .iter()
+            .rposition(|&id| matches!(self.heap[id], Value::Mark))
+            .context("no MARK on the stack")?;
         let items = self.stack.split_off(m + 1);
         self.stack.pop();
         Ok(items)
@@ -222,7 +176,10 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
     fn memo_get(&mut self, key: u64) -> crate::Result<()> {
-        let id = *self.memo.get(&key).with_context(|| format!("memo entry {key} does not exist"))?;
+        let id = *self
+            .memo
+            .get(&key)
+            .with_context(|| format!("memo entry {key} does not exist"))?;
         self.stack.push(id);
         Ok(())
     }
@@ -241,15 +198,19 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
     fn dict_set(&mut self, dict: Id, pairs: &[Id]) -> crate::Result<()> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             bail!("SETITEMS got an odd number of items");
         }
-        let Value::Dict(items) = &mut self.heap[dict] else { bail!("SETITEM(S) on a value that is not a dict") };
+        let Value::Dict(items) = &mut self.heap[dict] else {
+            bail!("SETITEM(S) on a value that is not a dict")
+        };
         items.extend(pairs.chunks(2).map(|p| (p[0], p[1])));
         Ok(())
     }
     fn list_extend(&mut self, list: Id, items: &[Id]) -> crate::Result<()> {
-        let Value::List(l) = &mut self.heap[list] else { bail!("APPEND(S) on a value that is not a list") };
+        let Value::List(l) = &mut self.heap[list] else {
+            bail!("APPEND(S) on a value that is not a list")
+        };
         l.extend_from_slice(items);
         Ok(())
     }
@@ -294,12 +255,20 @@ impl<'a> Unpickler<'a> {
                 self.push(Value::Int(v.into()))
             }
             0x8a | 0x8b => {
-                let n = if op == 0x8a { self.u8()? as usize } else { u32::from_le_bytes(self.le()?) as usize };
+                let n = if op == 0x8a {
+                    self.u8()? as usize
+                } else {
+                    u32::from_le_bytes(self.le()?) as usize
+                };
                 if n > 16 {
                     bail!("an integer of {n} bytes is too large");
                 }
                 let b = self.take(n)?;
-                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xff; 16] } else { [0; 16] };
+                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                    [0xff; 16]
+                } else {
+                    [0; 16]
+                };
                 buf[..n].copy_from_slice(b);
                 self.push(Value::Int(i128::from_le_bytes(buf)))
             }
@@ -453,7 +422,10 @@ impl<'a> Unpickler<'a> {
                 // An OrderedDict state dict carries `_metadata` (layer versions) as state;
                 // kestrel has no use for it. No other object takes state here.
                 if !matches!(self.heap[obj], Value::Dict(_)) {
-                    bail!("BUILD (set state) on a {} is not supported", self.describe(obj));
+                    bail!(
+                        "BUILD (set state) on a {} is not supported",
+                        self.describe(obj)
+                    );
                 }
             }
             _ => bail!("unsupported pickle opcode 0x{op:02x} (not written by torch.save)"),
@@ -478,89 +450,6 @@ impl<'a> Unpickler<'a> {
             Value::Tensor(_) => "tensor".into(),
             Value::Dtype(k) => format!("dtype {k:?}"),
             Value::Mark => "MARK".into(),
-        }
-    }
-
-    fn tuple(&self, id: Id, what: &str) -> crate::Result<Vec<Id>> {
-        match &self.heap[id] {
-            Value::Tuple(t) => Ok(t.clone()),
-            _ => bail!("{what}: expected a tuple, found {}", self.describe(id)),
-        }
-    }
-    fn int(&self, id: Id, what: &str) -> crate::Result<i64> {
-        match &self.heap[id] {
-            Value::Int(i) => i64::try_from(*i).with_context(|| format!("{what}: {i} is out of range")),
-            _ => bail!("{what}: expected an integer, found {}", self.describe(id)),
-        }
-    }
-    fn ints(&self, id: Id, what: &str) -> crate::Result<Vec<i64>> {
-        self.tuple(id, what)?.iter().map(|&i| self.int(i, what)).collect()
-    }
-
-    /// A persistent id `('storage', storage_type, key, location, numel[, view_metadata])`.
-    fn persistent(&self, pid: Id) -> crate::Result<Value> {
-        let t = self.tuple(pid, "persistent id")?;
-        if t.len() < 5 || self.heap[t[0]] != Value::Str("storage".into()) {
-            bail!("unsupported persistent id (expected ('storage', type, key, location, size))");
-        }
-        let kind = match &self.heap[t[1]] {
-            Value::Global(g) => g.strip_prefix("torch.").and_then(storage_kind),
-            _ => None,
-        }
-        .with_context(|| format!("persistent id: {} is not a storage type", self.describe(t[1])))?;
-        let key = match &self.heap[t[2]] {
-            Value::Str(s) => s.clone(),
-            _ => bail!("persistent id: the storage key is not a string"),
-        };
-        let numel = self.int(t[4], "storage size")?;
-        if numel < 0 {
-            bail!("storage {key} has a negative size {numel}");
-        }
-        Ok(Value::Storage(StorageRef { key, kind, numel }))
-    }
-
-    /// Applies a whitelisted callable to its argument tuple.
-    fn reduce(&self, f: Id, args: Id) -> crate::Result<Value> {
-        let name = match &self.heap[f] {
-            Value::Global(g) => g.as_str(),
-            _ => bail!("REDUCE on {}, which is not a known class", self.describe(f)),
-        };
-        let a = self.tuple(args, name)?;
-        match name {
-            "collections.OrderedDict" if a.is_empty() => Ok(Value::Dict(Vec::new())),
-            "torch.device" => match a.first().map(|&i| &self.heap[i]) {
-                Some(Value::Str(s)) => Ok(Value::Str(s.clone())),
-                _ => bail!("torch.device expects a string"),
-            },
-            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
-                match a.first().map(|&i| &self.heap[i]) {
-                    Some(v @ Value::Tensor(_)) => Ok(v.clone()),
-                    _ => bail!("{name}: the first argument is not a tensor"),
-                }
-            }
-            "torch._utils._rebuild_tensor" | "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor_v3" => {
-                if a.len() < 4 {
-                    bail!("{name} got {} arguments, expected at least 4", a.len());
-                }
-                let Value::Storage(storage) = &self.heap[a[0]] else { bail!("{name}: the first argument is not a storage") };
-                let kind = match (name, storage.kind) {
-                    ("torch._utils._rebuild_tensor_v3", _) => match a.get(6).map(|&i| &self.heap[i]) {
-                        Some(Value::Dtype(k)) => *k,
-                        _ => bail!("{name}: the 7th argument is not a dtype"),
-                    },
-                    (_, Some(k)) => k,
-                    (_, None) => bail!("{name} on an untyped storage"),
-                };
-                let t = TensorRef {
-                    storage: storage.clone(),
-                    kind,
-                    offset: self.int(a[1], "storage offset")?,
-                    size: self.ints(a[2], "tensor size")?,
-                    stride: self.ints(a[3], "tensor stride")?,
-                };
-                Ok(Value::Tensor(t))
-            }
-            _ => bail!("calling {name} with these arguments is not supported"),
         }
     }
 }

@@ -11,8 +11,10 @@
 //! Tensors come out as strided views (exact dtype, shape, strides and storage offset) of
 //! CPU storages; tensors that shared a storage in the file share it here too.
 
-use super::pickle::{Id, StorageRef, TensorRef, Unpickler, Value};
+use super::pickle::{Id, Unpickler, Value};
+use super::torch_objects::{StorageRef, TensorRef};
 use anyhow::{Context, bail};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use tch::{Device, Kind, Tensor};
@@ -24,21 +26,26 @@ const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 /// Errors: a damaged archive, no `data.pkl`, a big-endian file, a refused class, a
 /// missing or short storage entry, a tensor reaching outside its storage.
 pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).context("not a readable zip archive (truncated or damaged file?)")?;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .context("not a readable zip archive (truncated or damaged file?)")?;
     let pkl = (0..zip.len())
         .filter_map(|i| zip.name_for_index(i).map(str::to_owned))
-        .filter(|n| n.ends_with("data.pkl"))
+        .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
         .min_by_key(|n| n.len())
         .context("the zip archive has no data.pkl, so it was not written by torch.save")?;
     let prefix = &pkl[..pkl.len() - "data.pkl".len()];
     if let Ok(mut f) = zip.by_name(&format!("{prefix}byteorder")) {
         let mut order = String::new();
-        f.read_to_string(&mut order).context("cannot read byteorder")?;
+        f.read_to_string(&mut order)
+            .context("cannot read byteorder")?;
         if order.trim() != "little" {
-            bail!("the tensors are stored {}-endian; only little-endian files are supported", order.trim());
+            bail!(
+                "the tensors are stored {}-endian; only little-endian files are supported",
+                order.trim()
+            );
         }
     }
-    let program = read_entry(&mut zip, &pkl, MAX_PICKLE_BYTES)?;
+    let program = read_entry(&mut zip, bytes, &pkl, MAX_PICKLE_BYTES)?;
     let mut u = Unpickler::new(&program, 0);
     let root = u.load().context("in data.pkl")?;
     let refs = state_dict(&u, root)?;
@@ -47,8 +54,13 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
         .map(|(name, t)| {
             let key = &t.storage.key;
             let need = storage_bytes(&t.storage)?;
-            let st = storages.get(&t.storage, || read_entry(&mut zip, &format!("{prefix}data/{key}"), need))?;
-            Ok((name.clone(), view(&st, &t).with_context(|| format!("tensor {name}"))?))
+            let st = storages.get(&t.storage, || {
+                read_entry(&mut zip, bytes, &format!("{prefix}data/{key}"), need)
+            })?;
+            Ok((
+                name.clone(),
+                view(&st, &t).with_context(|| format!("tensor {name}"))?,
+            ))
         })
         .collect()
 }
@@ -56,19 +68,43 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
 /// Largest `data.pkl` accepted (a state dict's pickle is a few hundred kB).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
-/// Reads at most `limit` bytes of the archive entry `name`.
-fn read_entry(zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str, limit: u64) -> crate::Result<Vec<u8>> {
-    let f = zip.by_name(name).with_context(|| format!("the archive has no entry {name}"))?;
+/// At most `limit` bytes of the archive entry `name`; torch stores entries uncompressed,
+/// and those are borrowed from `bytes` (the whole archive) without a copy.
+fn read_entry<'b>(
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    bytes: &'b [u8],
+    name: &str,
+    limit: u64,
+) -> crate::Result<Cow<'b, [u8]>> {
+    let f = zip
+        .by_name(name)
+        .with_context(|| format!("the archive has no entry {name}"))?;
+    if f.compression() == zip::CompressionMethod::Stored {
+        let (start, len) = (f.data_start(), f.size().min(limit));
+        let slice = start
+            .checked_add(len)
+            .and_then(|end| bytes.get(start as usize..end as usize));
+        return slice.map(Cow::Borrowed).with_context(|| {
+            format!("archive entry {name} reaches past the end of the file (truncated?)")
+        });
+    }
     let mut buf = Vec::with_capacity(f.size().min(limit) as usize);
-    f.take(limit).read_to_end(&mut buf).with_context(|| format!("cannot read archive entry {name} (file damaged?)"))?;
-    Ok(buf)
+    f.take(limit)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read archive entry {name} (file damaged?)"))?;
+    Ok(Cow::Owned(buf))
 }
 
 /// Size in bytes of a storage, or an error when it overflows.
 fn storage_bytes(s: &StorageRef) -> crate::Result<u64> {
     (s.numel as u64)
         .checked_mul(s.kind.unwrap_or(Kind::Uint8).elt_size_in_bytes() as u64)
-        .with_context(|| format!("storage {} claims an impossible size of {} elements", s.key, s.numel))
+        .with_context(|| {
+            format!(
+                "storage {} claims an impossible size of {} elements",
+                s.key, s.numel
+            )
+        })
 }
 
 /// Reads the state dict of a legacy (non-zip) `.pth` file.
@@ -79,7 +115,9 @@ pub fn load_legacy(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
     let mut u = Unpickler::new(bytes, 0);
     let magic = u.load().ok().map(|id| u.get(id).clone());
     if magic != Some(Value::Int(LEGACY_MAGIC)) {
-        bail!("not a PyTorch weight file, or a truncated one (neither a zip archive nor torch's legacy format, nor safetensors)");
+        bail!(
+            "not a PyTorch weight file, or a truncated one (neither a zip archive nor torch's legacy format, nor safetensors)"
+        );
     }
     let version = u.load().context("in the protocol version")?;
     if *u.get(version) != Value::Int(1001) {
@@ -92,21 +130,37 @@ pub fn load_legacy(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
     let root = u.load().context("in the main pickle")?;
     let refs = state_dict(&u, root)?;
     let keys_id = u.load().context("in the list of storage keys")?;
-    let Value::List(keys) = u.get(keys_id) else { bail!("the list of storage keys is not a list") };
+    let Value::List(keys) = u.get(keys_id) else {
+        bail!("the list of storage keys is not a list")
+    };
     let kinds: HashMap<&str, &StorageRef> = u
         .heap
         .iter()
-        .filter_map(|v| if let Value::Storage(s) = v { Some((s.key.as_str(), s)) } else { None })
+        .filter_map(|v| {
+            if let Value::Storage(s) = v {
+                Some((s.key.as_str(), s))
+            } else {
+                None
+            }
+        })
         .collect();
     let mut pos = u.position();
     let mut data: HashMap<String, &[u8]> = HashMap::new();
     for &k in keys {
-        let Value::Str(key) = u.get(k) else { bail!("a storage key is not a string") };
-        let s = kinds.get(key.as_str()).with_context(|| format!("storage {key} is listed but never used"))?;
+        let Value::Str(key) = u.get(k) else {
+            bail!("a storage key is not a string")
+        };
+        let s = kinds
+            .get(key.as_str())
+            .with_context(|| format!("storage {key} is listed but never used"))?;
         let elt = s.kind.unwrap_or(Kind::Uint8).elt_size_in_bytes() as u64;
-        let head = bytes.get(pos..pos + 8).with_context(|| format!("the file is truncated: it ends before storage {key}"))?;
+        let head = bytes
+            .get(pos..pos + 8)
+            .with_context(|| format!("the file is truncated: it ends before storage {key}"))?;
         let count = u64::from_le_bytes(head.try_into().expect("8 bytes"));
-        let len = count.checked_mul(elt).filter(|&n| n <= (bytes.len() - pos - 8) as u64);
+        let len = count
+            .checked_mul(elt)
+            .filter(|&n| n <= (bytes.len() - pos - 8) as u64);
         let len = len.with_context(|| format!("the file is truncated: it ends inside storage {key} ({count} elements of {elt} bytes)"))?;
         data.insert(key.clone(), &bytes[pos + 8..pos + 8 + len as usize]);
         pos += 8 + len as usize;
@@ -115,31 +169,55 @@ pub fn load_legacy(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
     refs.into_iter()
         .map(|(name, t)| {
             let key = &t.storage.key;
-            let raw = || data.get(key).map(|d| d.to_vec()).with_context(|| format!("storage {key} has no data in the file"));
+            let raw = || {
+                data.get(key)
+                    .map(|&d| Cow::Borrowed(d))
+                    .with_context(|| format!("storage {key} has no data in the file"))
+            };
             let st = storages.get(&t.storage, raw)?;
-            Ok((name.clone(), view(&st, &t).with_context(|| format!("tensor {name}"))?))
+            Ok((
+                name.clone(),
+                view(&st, &t).with_context(|| format!("tensor {name}"))?,
+            ))
         })
         .collect()
 }
 
 /// Looks up a string key in a dict value.
 fn dict_get<'u>(u: &'u Unpickler, dict: Id, key: &str) -> Option<&'u Value> {
-    let Value::Dict(items) = u.get(dict) else { return None };
-    items.iter().find(|(k, _)| matches!(u.get(*k), Value::Str(s) if s == key)).map(|&(_, v)| u.get(v))
+    let Value::Dict(items) = u.get(dict) else {
+        return None;
+    };
+    items
+        .iter()
+        .find(|(k, _)| matches!(u.get(*k), Value::Str(s) if s == key))
+        .map(|&(_, v)| u.get(v))
 }
 
 /// The `name → tensor` entries of the unpickled root: a dict of tensors, or a checkpoint
 /// dict that holds one under `"state_dict"` or `"model"` (fastai's `Learner.save`).
 fn state_dict(u: &Unpickler, root: Id) -> crate::Result<Vec<(String, TensorRef)>> {
-    let Value::Dict(items) = u.get(root) else { bail!("the file holds a {}, not a state dict", u.describe(root)) };
-    let all_tensors = |items: &Vec<(Id, Id)>| items.iter().all(|(_, v)| matches!(u.get(*v), Value::Tensor(_)));
+    let Value::Dict(items) = u.get(root) else {
+        bail!("the file holds a {}, not a state dict", u.describe(root))
+    };
+    let all_tensors = |items: &Vec<(Id, Id)>| {
+        items
+            .iter()
+            .all(|(_, v)| matches!(u.get(*v), Value::Tensor(_)))
+    };
     let items = if all_tensors(items) {
         items
     } else {
-        let wrapped = items.iter().find_map(|(k, v)| match (u.get(*k), u.get(*v)) {
-            (Value::Str(s), Value::Dict(inner)) if (s == "state_dict" || s == "model") && all_tensors(inner) => Some(inner),
-            _ => None,
-        });
+        let wrapped = items
+            .iter()
+            .find_map(|(k, v)| match (u.get(*k), u.get(*v)) {
+                (Value::Str(s), Value::Dict(inner))
+                    if (s == "state_dict" || s == "model") && all_tensors(inner) =>
+                {
+                    Some(inner)
+                }
+                _ => None,
+            });
         let keys: Vec<String> = items.iter().take(10).map(|(k, _)| u.describe(*k)).collect();
         wrapped.with_context(|| {
             format!("no state dict found: the top-level dict has keys [{}] and values that are not all tensors", keys.join(", "))
@@ -159,7 +237,11 @@ fn state_dict(u: &Unpickler, root: Id) -> crate::Result<Vec<(String, TensorRef)>
 struct Storages(HashMap<String, Tensor>);
 
 impl Storages {
-    fn get(&mut self, s: &StorageRef, raw: impl FnOnce() -> crate::Result<Vec<u8>>) -> crate::Result<Tensor> {
+    fn get<'b>(
+        &mut self,
+        s: &StorageRef,
+        raw: impl FnOnce() -> crate::Result<Cow<'b, [u8]>>,
+    ) -> crate::Result<Tensor> {
         if let Some(t) = self.0.get(&s.key) {
             return Ok(t.shallow_clone());
         }
@@ -167,7 +249,13 @@ impl Storages {
         let need = storage_bytes(s)?;
         let bytes = raw()?;
         if need > bytes.len() as u64 {
-            bail!("storage {} should hold {} elements of {:?} but has only {} bytes", s.key, s.numel, kind, bytes.len());
+            bail!(
+                "storage {} should hold {} elements of {:?} but has only {} bytes",
+                s.key,
+                s.numel,
+                kind,
+                bytes.len()
+            );
         }
         let t = Tensor::f_from_data_size(&bytes[..need as usize], &[s.numel], kind)?;
         self.0.insert(s.key.clone(), t.shallow_clone());
@@ -180,22 +268,45 @@ fn view(storage: &Tensor, t: &TensorRef) -> crate::Result<Tensor> {
     let st = if storage.kind() == t.kind {
         storage.shallow_clone()
     } else {
-        let (from, to) = (storage.kind().elt_size_in_bytes() as i64, t.kind.elt_size_in_bytes() as i64);
+        let (from, to) = (
+            storage.kind().elt_size_in_bytes() as i64,
+            t.kind.elt_size_in_bytes() as i64,
+        );
         let bytes = storage.size()[0] * from;
-        storage.f_narrow(0, 0, bytes / to * to / from)?.f_view_dtype(t.kind)?
+        storage
+            .f_narrow(0, 0, bytes / to * to / from)?
+            .f_view_dtype(t.kind)?
     };
     let numel = st.size()[0];
-    if t.size.len() != t.stride.len() || t.size.iter().chain(&t.stride).any(|&x| x < 0) || t.offset < 0 {
-        bail!("invalid layout: size {:?}, stride {:?}, offset {}", t.size, t.stride, t.offset);
+    if t.size.len() != t.stride.len()
+        || t.size.iter().chain(&t.stride).any(|&x| x < 0)
+        || t.offset < 0
+    {
+        bail!(
+            "invalid layout: size {:?}, stride {:?}, offset {}",
+            t.size,
+            t.stride,
+            t.offset
+        );
     }
     if t.size.contains(&0) {
         return Ok(Tensor::f_empty(&t.size, (t.kind, Device::Cpu))?);
     }
-    let last = t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?));
+    let last = t
+        .size
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |acc, (&n, &s)| {
+            acc.checked_add((n - 1).checked_mul(s)?)
+        });
     if last.is_none_or(|l| l >= numel) {
         bail!(
             "size {:?}, stride {:?} and offset {} reach outside its storage {} of {} elements",
-            t.size, t.stride, t.offset, t.storage.key, numel
+            t.size,
+            t.stride,
+            t.offset,
+            t.storage.key,
+            numel
         );
     }
     Ok(st.f_as_strided(&t.size, &t.stride, t.offset)?)

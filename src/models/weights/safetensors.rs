@@ -11,10 +11,13 @@ use tch::{Kind, Tensor};
 ///
 /// Errors: a damaged header or data section, a dtype libtorch has no kind for (U16, U32, U64).
 pub fn load_safetensors(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
-    let st = SafeTensors::deserialize(bytes).context("not a valid safetensors file (truncated or damaged?)")?;
+    let st = SafeTensors::deserialize(bytes)
+        .context("not a valid safetensors file (truncated or damaged?)")?;
     let mut out = Vec::new();
     let mut views = st.tensors();
-    views.sort_by(|(a, va), (b, vb)| (va.data().as_ptr() as usize, a).cmp(&(vb.data().as_ptr() as usize, b)));
+    views.sort_by(|(a, va), (b, vb)| {
+        (va.data().as_ptr() as usize, a).cmp(&(vb.data().as_ptr() as usize, b))
+    });
     for (name, view) in views {
         let kind = match view.dtype() {
             Dtype::BOOL => Kind::Bool,
@@ -32,7 +35,8 @@ pub fn load_safetensors(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
             d => bail!("tensor {name} has dtype {d:?}, which libtorch cannot hold"),
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind).with_context(|| format!("tensor {name}"))?;
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .with_context(|| format!("tensor {name}"))?;
         out.push((name, t));
     }
     Ok(out)
