@@ -85,7 +85,7 @@ fn card(vocab: &[&str]) -> ModelCard {
             resize_method: "crop".into(),
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
-            augment: serde_json::Value::Null,
+            augment: Some((&kestrel::transforms::aug_transforms().with_min_scale(0.75)).into()),
         },
         training: Some(TrainingSummary {
             epochs: 2,
@@ -574,6 +574,15 @@ fn tta_over_files_blends_augmented_and_plain() {
     let zero = pred.tta_files(&files, &Brighten, &TtaOptions { n: 4, beta: 1.0, ..Default::default() }, 8, 1);
     for (a, b) in plain.iter().zip(&zero) {
         assert!(max_abs_diff(&a.as_ref().unwrap().probs, &b.as_ref().unwrap().probs) < 1e-6, "beta = 1 is the plain prediction");
+    }
+    // The model file's own training augmentation (aug_transforms(min_scale=0.75)).
+    let aug = pred.augmentation().unwrap();
+    let own = pred.tta_files(&files, &aug, &TtaOptions::default(), 8, 2);
+    let again = pred.tta_files(&files, &aug, &TtaOptions::default(), 8, 1);
+    for ((a, b), p) in own.iter().zip(&again).zip(&plain) {
+        let (a, b, p) = (a.as_ref().unwrap(), b.as_ref().unwrap(), p.as_ref().unwrap());
+        assert!(max_abs_diff(&a.probs, &b.probs) < 1e-6, "seeded: same draws whatever the worker count");
+        assert!(max_abs_diff(&a.probs, &p.probs) > 1e-5, "augmented passes change the prediction");
     }
     let t1 = pred.tta_files(&files, &Brighten, &TtaOptions::default(), 8, 2);
     let t2 = pred.tta_files(&files, &Brighten, &TtaOptions::default(), 2, 1);

@@ -4,7 +4,6 @@
 
 use crate::export::{Predictor, expand_image_paths};
 use crate::interpret::{ClassificationInterpretation, plot_confusion_matrix, plot_top_losses, preds_from_probs};
-use crate::transforms::BatchTransform;
 use anyhow::{Context, bail};
 use clap::Args;
 use regex::Regex;
@@ -72,18 +71,6 @@ fn labelled_items(args: &InterpretArgs) -> crate::Result<(Vec<PathBuf>, Vec<Stri
         bail!("the label pattern misses {} of {} photos, e.g. {}", missed.len(), paths.len(), missed[..missed.len().min(3)].join(", "));
     }
     Ok((paths, labels))
-}
-
-/// The training augmentation recorded in `predictor`'s model file, as a batch transform
-/// for test-time augmentation.
-///
-/// Errors: the file records no augmentation.
-pub fn augmentation(predictor: &Predictor) -> crate::Result<Box<dyn BatchTransform>> {
-    let t = &predictor.meta().card.transforms;
-    if t.augment.is_null() {
-        bail!("this model file records no training augmentation, which --tta needs");
-    }
-    bail!("the model file's augmentation parameters ({}) are not readable by this kestrel", t.augment)
 }
 
 /// Runs `kestrel interpret`.

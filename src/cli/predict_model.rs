@@ -56,8 +56,8 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
         bail!("no photos found in {}", inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let results = if opts.tta {
-        let aug = super::interpret::augmentation(&predictor)?;
-        predictor.tta_files(&paths, aug.as_ref(), &Default::default(), opts.bs, opts.workers)
+        let aug = predictor.augmentation()?;
+        predictor.tta_files(&paths, &aug, &Default::default(), opts.bs, opts.workers)
     } else {
         predictor.predict_files(&paths, opts.bs, opts.workers)
     };

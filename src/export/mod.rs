@@ -16,13 +16,13 @@ mod preprocess;
 pub use build::{BuildFn, LoadedModel, build_model, load_model, register_arch};
 pub use file::{ModelFile, ModelFileError, read_model_file, read_model_meta};
 pub use meta::{
-    ArchSpec, FORMAT_CHECKPOINT, FORMAT_KEY, FORMAT_MODEL, FORMAT_VERSION, InferenceTransforms, META_KEY, ModelCard,
+    ArchSpec, AugSpec, FORMAT_CHECKPOINT, FORMAT_KEY, FORMAT_MODEL, FORMAT_VERSION, InferenceTransforms, META_KEY, ModelCard,
     ModelMeta, TrainingSummary, VERSION_KEY, utc_now_iso8601,
 };
 
 pub(crate) use predictor::argmax;
 pub use predictor::{Prediction, Predictor, TtaOptions, expand_image_paths, tta_combine};
-pub use preprocess::{ValidTransform, decode_rgb, presize, to_batch};
+pub use preprocess::{decode_rgb, presize, to_batch};
 
 use crate::models::Model;
 use std::path::Path;

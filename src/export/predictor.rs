@@ -3,9 +3,9 @@
 
 use super::build::load_model;
 use super::meta::ModelMeta;
-use super::preprocess::{ValidTransform, decode_rgb, presize, to_batch};
+use super::preprocess::{decode_rgb, presize, to_batch};
 use crate::models::Model;
-use crate::transforms::BatchTransform;
+use crate::transforms::{BatchTfms, BatchTransform, Normalize};
 use crate::util::rng::{Rng, derived, seeded};
 use anyhow::{Context, bail};
 use image::RgbImage;
@@ -67,7 +67,7 @@ impl Default for TtaOptions {
 pub struct Predictor {
     model: Box<dyn Model>,
     meta: ModelMeta,
-    valid: Box<dyn BatchTransform>,
+    valid: BatchTfms,
     device: Device,
 }
 
@@ -85,15 +85,29 @@ impl Predictor {
     /// A predictor over an in-memory `model` (e.g. a Learner's) described by `meta`,
     /// on the model's device — what `load` gives for the exported file.
     ///
-    /// Errors: a vocabulary whose size differs from `meta.card.arch.n_out`.
+    /// Errors: a vocabulary whose size differs from `meta.card.arch.n_out`; transforms
+    /// the batch stage refuses (bad statistics or augmentation parameters).
     pub fn new(model: Box<dyn Model>, meta: ModelMeta) -> crate::Result<Self> {
         let card = &meta.card;
         if card.vocab.len() != card.arch.n_out {
             bail!("the vocabulary has {} classes but the model has {} outputs", card.vocab.len(), card.arch.n_out);
         }
         let device = model.var_store().device();
-        let valid = Box::new(ValidTransform::new(&card.transforms));
+        let t = &card.transforms;
+        let aug = t.augment.as_ref().map(|a| a.to_aug(t.size as i64)).transpose()?;
+        let valid = BatchTfms::new(aug, t.size as i64, Normalize::from_stats(t.mean, t.std)?)?;
         Ok(Self { model, meta, valid, device })
+    }
+
+    /// The training batch transform recorded in the model file (augmentation, resize,
+    /// normalisation), for [`Predictor::tta_files`].
+    ///
+    /// Errors: the file records no augmentation.
+    pub fn augmentation(&self) -> crate::Result<BatchTfms> {
+        if self.valid.aug().is_none() {
+            bail!("the model file records no training augmentation, which test-time augmentation needs");
+        }
+        Ok(self.valid.clone())
     }
 
     /// The model file's metadata.
@@ -124,7 +138,7 @@ impl Predictor {
     ///
     /// Errors: a batch the transform or the model refuses.
     pub fn predict_batch(&self, x: &Tensor) -> crate::Result<Tensor> {
-        self.forward(x, self.valid.as_ref(), false, &mut seeded(0))
+        self.forward(x, &self.valid, false, &mut seeded(0))
     }
 
     fn forward(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {

@@ -1,14 +1,11 @@
-//! Validation-time preprocessing of single photos for inference: decode, presize, and
-//! the deterministic batch transform (resize to the model size, normalise).
+//! Item-level preprocessing of photos for inference: decode and presize.
 
-use super::meta::InferenceTransforms;
-use crate::transforms::BatchTransform;
 use crate::util::rng::Rng;
 use anyhow::{Context, bail};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage, imageops::FilterType};
 use rand::Rng as _;
 use std::path::Path;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Decodes any photo the `image` crate reads (JPEG incl. CMYK, PNG, GIF, BMP, WebP,
 /// TIFF; format from the content, not the extension) into 8-bit RGB, EXIF orientation
@@ -78,34 +75,3 @@ pub fn to_batch(imgs: &[RgbImage]) -> crate::Result<Tensor> {
     Ok(Tensor::from_slice(&data).view([imgs.len() as i64, h as i64, w as i64, 3]).permute([0, 3, 1, 2]).contiguous())
 }
 
-/// The validation batch transform of an exported model: `u8` (N, 3, H, W) → `f32`
-/// (N, 3, size, size), bilinear resize (align_corners) then `(x/255 − mean) / std`.
-pub struct ValidTransform {
-    size: i64,
-    mean: [f64; 3],
-    std: [f64; 3],
-}
-
-impl ValidTransform {
-    /// The transform described by `t` (its `size`, `mean`, `std`).
-    pub fn new(t: &InferenceTransforms) -> Self {
-        Self {
-            size: t.size as i64,
-            mean: t.mean,
-            std: t.std,
-        }
-    }
-}
-
-impl BatchTransform for ValidTransform {
-    fn apply(&self, x: &Tensor, _train: bool, _rng: &mut Rng) -> crate::Result<Tensor> {
-        let dev = x.device();
-        let mut x = x.to_kind(Kind::Float) / 255.0;
-        let s = x.size();
-        if s[2] != self.size || s[3] != self.size {
-            x = x.upsample_bilinear2d([self.size, self.size], true, None, None);
-        }
-        let stat = |v: &[f64; 3]| Tensor::from_slice(v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(dev);
-        Ok((x - stat(&self.mean)) / stat(&self.std))
-    }
-}
