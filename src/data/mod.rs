@@ -1,10 +1,26 @@
 //! The data side (fastai `DataBlock` → `DataLoaders`): items, labels, splits, decoding,
 //! presizing item transforms and the batched, prefetching loaders.
 
+pub mod block;
+pub mod decode;
+pub mod items;
+pub mod label;
+pub mod loader;
+pub mod resize;
+pub mod show;
+pub mod split;
+pub mod summary;
+mod tensor_loader;
 mod vocab;
 
+pub use block::{DataBlock, Datasets, ImageDataLoaders, Source};
+pub use items::{ImageFiles, Items, get_image_files};
+pub use label::{Labeller, PETS_PATTERN};
+pub use loader::{ImageDataLoader, LoaderConfig};
+pub use resize::{ItemTfm, PadMode, ResizeMethod};
+pub use split::Splitter;
+pub use tensor_loader::TensorLoader;
 pub use vocab::CategoryMap;
-
 use std::sync::Arc;
 use tch::{Device, Tensor};
 

@@ -1,10 +1,24 @@
 //! Vision models (ResNet, EfficientNet-Lite), the fastai head, weight files and the
 //! model zoo.
 
+pub mod efficientnet;
+pub mod head;
+pub mod imagenet;
+mod layers;
+pub mod meta;
+pub mod resnet;
+mod simple_cnn;
+pub mod state;
+pub mod vision;
 pub mod weights;
 pub mod zoo;
 
+pub use simple_cnn::SimpleCnn;
+
 use tch::{Tensor, nn};
+
+pub use meta::{Arch, Meta, Normalization};
+pub use vision::VisionModel;
 
 /// One trainable tensor of a model, as the optimizer and the freezing logic see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,4 +46,9 @@ pub trait Model: Send {
     fn params(&self) -> Vec<ParamInfo>;
     /// Number of parameter groups (fastai: 3 for a vision learner — two body groups, the head).
     fn n_groups(&self) -> usize;
+    /// Architecture, input resolution and input normalisation, when the model knows them
+    /// (every [`VisionModel`] does).
+    fn meta(&self) -> Option<Meta> {
+        None
+    }
 }

@@ -1,0 +1,300 @@
+//! The `DataBlock` description (fastai `DataBlock(blocks=(ImageBlock, CategoryBlock),
+//! get_items, get_y, splitter, item_tfms, batch_tfms)`) and what it builds.
+
+use super::items::{CsvTable, Items};
+use super::label::{Labeller, multi_labels};
+use super::loader::{ImageDataLoader, LoaderConfig};
+use super::resize::ItemTfm;
+use super::split::Splitter;
+use super::{CategoryMap, DataLoaders};
+use crate::transforms::BatchTransform;
+use crate::util::threads::default_workers;
+use anyhow::bail;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tch::Device;
+
+/// Where the items come from (fastai `get_items`).
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `get_image_files(folder, recurse)`.
+    Folder {
+        /// Folder searched for images.
+        path: PathBuf,
+        /// Also search subfolders.
+        recurse: bool,
+    },
+    /// One item per row of a CSV file (fastai `ColReader(fn_col, pref, suffix)`).
+    Csv {
+        /// The CSV file.
+        file: PathBuf,
+        /// Column with the file names.
+        fn_col: String,
+        /// Folder prepended to the names (relative to the CSV's folder); `None` = the
+        /// CSV's folder.
+        pref: Option<PathBuf>,
+        /// Text appended to the names (e.g. `.jpg`).
+        suffix: String,
+    },
+}
+
+/// A description of how to build `DataLoaders` from image files (fastai `DataBlock` with
+/// `ImageBlock` and `CategoryBlock`). Build it with [`DataBlock::new`] and the
+/// builder methods, then call [`DataBlock::dataloaders`].
+#[derive(Clone)]
+pub struct DataBlock {
+    /// Where the items come from.
+    pub source: Source,
+    /// How each item gets its label (`get_y`).
+    pub labeller: Labeller,
+    /// How items are divided into training and validation.
+    pub splitter: Splitter,
+    /// Item transform on the CPU (presizing); the book's default `Resize(460)`.
+    pub item_tfm: Option<ItemTfm>,
+    /// Batch transforms on the device (augmentation, normalisation).
+    pub batch_tfms: Option<Arc<dyn BatchTransform>>,
+    /// Batch size (default 64).
+    pub bs: usize,
+    /// Seed of the shuffles and random transforms.
+    pub seed: u64,
+    /// Worker threads per loader (default: the number of CPUs).
+    pub workers: usize,
+    /// Batches prefetched ahead (default 2).
+    pub prefetch: usize,
+    /// Device of the batches.
+    pub device: Device,
+    /// Leave out undecodable files with a counted warning instead of failing.
+    pub skip_bad: bool,
+    /// Delimiter of multi-label cells (kept on [`Datasets::multi_labels`]).
+    pub label_delim: Option<char>,
+}
+
+impl std::fmt::Debug for DataBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataBlock")
+            .field("source", &self.source)
+            .field("labeller", &self.labeller)
+            .field("splitter", &self.splitter)
+            .field("item_tfm", &self.item_tfm)
+            .field("batch_tfms", &self.batch_tfms.is_some())
+            .field("bs", &self.bs)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// The labelled, split items (fastai `Datasets`), before any decoding.
+#[derive(Debug, Clone)]
+pub struct Datasets {
+    /// All items.
+    pub items: Items,
+    /// One label per item.
+    pub labels: Vec<String>,
+    /// Multi-label parse of each label cell, when a `label_delim` was given.
+    pub multi_labels: Option<Vec<Vec<String>>>,
+    /// Indices of the training items.
+    pub train: Vec<usize>,
+    /// Indices of the validation items.
+    pub valid: Vec<usize>,
+    /// Vocabulary: the sorted labels of the training set (fastai `Categorize` learns it
+    /// from the training split).
+    pub vocab: CategoryMap,
+    /// Problems worth knowing that do not stop training (e.g. classes with one photo).
+    pub warnings: Vec<String>,
+}
+
+/// Both loaders with their concrete type, for what needs the items (show_batch's
+/// `unique`, summary); [`ImageDataLoaders::dls`] gives the generic [`DataLoaders`].
+#[derive(Clone)]
+pub struct ImageDataLoaders {
+    /// Training loader.
+    pub train: Arc<ImageDataLoader>,
+    /// Validation loader.
+    pub valid: Arc<ImageDataLoader>,
+    /// The datasets they load.
+    pub datasets: Arc<Datasets>,
+}
+
+impl ImageDataLoaders {
+    /// The generic `DataLoaders` a `Learner` takes.
+    pub fn dls(&self) -> DataLoaders {
+        DataLoaders { train: self.train.clone(), valid: self.valid.clone(), vocab: self.datasets.vocab.clone() }
+    }
+}
+
+impl DataBlock {
+    /// A block with fastai's defaults: `RandomSplitter(0.2, seed 42)`, `Resize(460)`
+    /// (the book's presizing), bs 64, no batch transforms, CPU.
+    pub fn new(source: Source, labeller: Labeller) -> Self {
+        Self {
+            source,
+            labeller,
+            splitter: Splitter::Random { valid_pct: 0.2, seed: 42 },
+            item_tfm: Some(ItemTfm::resize(460)),
+            batch_tfms: None,
+            bs: 64,
+            seed: 42,
+            workers: default_workers(),
+            prefetch: 2,
+            device: Device::Cpu,
+            skip_bad: false,
+            label_delim: None,
+        }
+    }
+
+    /// Sets the splitter.
+    pub fn splitter(mut self, s: Splitter) -> Self {
+        self.splitter = s;
+        self
+    }
+
+    /// Sets the item transform (`None`: images must already share one size).
+    pub fn item_tfm(mut self, t: Option<ItemTfm>) -> Self {
+        self.item_tfm = t;
+        self
+    }
+
+    /// Sets the batch transforms.
+    pub fn batch_tfms(mut self, t: Option<Arc<dyn BatchTransform>>) -> Self {
+        self.batch_tfms = t;
+        self
+    }
+
+    /// Sets the batch size.
+    pub fn bs(mut self, bs: usize) -> Self {
+        self.bs = bs;
+        self
+    }
+
+    /// Sets the seed of shuffles and random transforms.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the number of worker threads.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Sets the device.
+    pub fn device(mut self, d: Device) -> Self {
+        self.device = d;
+        self
+    }
+
+    /// Sets `skip_bad`.
+    pub fn skip_bad(mut self, v: bool) -> Self {
+        self.skip_bad = v;
+        self
+    }
+
+    /// Lists the items (fastai `get_items`). Errors: missing folder or CSV, bad column.
+    pub fn items(&self) -> crate::Result<Items> {
+        match &self.source {
+            Source::Folder { path, recurse } => Items::from_folder(path, *recurse),
+            Source::Csv { file, fn_col, pref, suffix } => Items::from_csv(CsvTable::read(file)?, fn_col, pref.as_deref(), suffix),
+        }
+    }
+
+    /// Lists, labels and splits the items and checks the split (fastai
+    /// `DataBlock.datasets`). Warnings (also logged): classes with a single photo, ignored
+    /// non-image files.
+    ///
+    /// Errors: no items; a labeller failing on some items (how many, first names); an
+    /// empty training or validation set; labels that occur only in validation (named).
+    pub fn datasets(&self) -> crate::Result<Datasets> {
+        let items = self.items()?;
+        if items.is_empty() {
+            bail!("no images found in {}", self.source_name());
+        }
+        let labels = self.labeller.label_all(&items)?;
+        let multi = self.label_delim.map(|d| labels.iter().map(|l| multi_labels(l, d)).collect());
+        let (train, valid) = self.splitter.split(&items, &labels)?;
+        let mut warnings = check_split(&labels, &train, &valid, &self.splitter)?;
+        if items.n_ignored > 0 {
+            warnings.insert(0, format!("{} files in {} are not images and were ignored", items.n_ignored, self.source_name()));
+        }
+        for w in &warnings {
+            log::warn!("{w}");
+        }
+        let vocab = CategoryMap::new(train.iter().map(|&i| &labels[i]));
+        Ok(Datasets { items, labels, multi_labels: multi, train, valid, vocab, warnings })
+    }
+
+    fn source_name(&self) -> String {
+        match &self.source {
+            Source::Folder { path, .. } => path.display().to_string(),
+            Source::Csv { file, .. } => file.display().to_string(),
+        }
+    }
+
+    /// The loader settings for the training (`train = true`) or validation set.
+    pub fn loader_config(&self, train: bool) -> LoaderConfig {
+        LoaderConfig {
+            bs: self.bs,
+            shuffle: train,
+            drop_last: train,
+            seed: if train { self.seed } else { self.seed ^ 0x7A11_D000 },
+            workers: self.workers,
+            prefetch: self.prefetch,
+            device: self.device,
+            train,
+            skip_bad: self.skip_bad,
+        }
+    }
+
+    /// Builds both loaders with their item-level datasets. Errors: as [`Self::datasets`].
+    pub fn image_dataloaders(&self) -> crate::Result<ImageDataLoaders> {
+        let ds = Arc::new(self.datasets()?);
+        let make = |idx: &[usize], train: bool| -> crate::Result<Arc<ImageDataLoader>> {
+            let paths = idx.iter().map(|&i| ds.items.paths[i].clone()).collect();
+            let targets = idx.iter().map(|&i| ds.vocab.index(&ds.labels[i]).map(|t| t as i64)).collect::<crate::Result<_>>()?;
+            let cfg = self.loader_config(train);
+            Ok(Arc::new(ImageDataLoader::new(paths, targets, self.item_tfm.clone(), self.batch_tfms.clone(), cfg)?))
+        };
+        let (train, valid) = (make(&ds.train, true)?, make(&ds.valid, false)?);
+        Ok(ImageDataLoaders { train, valid, datasets: ds })
+    }
+
+    /// Builds the `DataLoaders` (fastai `DataBlock.dataloaders`). Errors: as
+    /// [`Self::datasets`].
+    pub fn dataloaders(&self) -> crate::Result<DataLoaders> {
+        Ok(self.image_dataloaders()?.dls())
+    }
+}
+
+/// The checks run before any training: an empty training or validation set and labels
+/// found only in validation are errors naming the classes; classes with a single photo
+/// are returned as warnings.
+pub fn check_split(labels: &[String], train: &[usize], valid: &[usize], splitter: &Splitter) -> crate::Result<Vec<String>> {
+    if train.is_empty() {
+        bail!("the training set is empty after {} ({} items, {} in validation)", splitter.describe(), labels.len(), valid.len());
+    }
+    if valid.is_empty() {
+        bail!("the validation set is empty after {} ({} items): nothing to measure the model on", splitter.describe(), labels.len());
+    }
+    let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for &i in train {
+        counts.entry(&labels[i]).or_default().0 += 1;
+    }
+    for &i in valid {
+        counts.entry(&labels[i]).or_default().1 += 1;
+    }
+    let only_valid: Vec<&str> = counts.iter().filter(|(_, c)| c.0 == 0).map(|(k, _)| *k).collect();
+    if !only_valid.is_empty() {
+        bail!(
+            "{} label(s) occur only in the validation set, so the model can never learn them: {}",
+            only_valid.len(),
+            only_valid.join(", ")
+        );
+    }
+    let single: Vec<&str> = counts.iter().filter(|(_, c)| c.0 + c.1 == 1).map(|(k, _)| *k).collect();
+    let mut warnings = Vec::new();
+    if !single.is_empty() {
+        warnings.push(format!("{} class(es) have a single photo: {}", single.len(), single.join(", ")));
+    }
+    Ok(warnings)
+}

@@ -1,0 +1,60 @@
+//! Decoding image files to 8-bit RGB (fastai `PILImage.create` + `.convert('RGB')`).
+
+use anyhow::{Context, bail};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use std::io::Cursor;
+use std::path::Path;
+
+/// What decoding found out about a file, for `summary`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeInfo {
+    /// Format detected from the content (not the extension), e.g. `Jpeg`.
+    pub format: String,
+    /// Colour mode stored in the file, e.g. `Rgb8`, `L16`, `Rgba8`; CMYK/YCCK JPEGs report
+    /// `Rgb8` (the decoder converts them).
+    pub color: String,
+    /// Size as stored, (width, height) in pixels, before the EXIF orientation.
+    pub stored_size: (u32, u32),
+    /// The EXIF orientation applied, e.g. `NoTransforms`, `Rotate90`.
+    pub orientation: String,
+}
+
+/// Decodes `path` to 8-bit RGB: format sniffed from the content (a PNG named `.jpg` is
+/// read as PNG), EXIF orientation applied, every colour mode converted (grayscale and
+/// palette expanded, alpha dropped without compositing as PIL's `convert('RGB')`, 16-bit
+/// scaled to 8-bit, CMYK/YCCK JPEGs converted by the JPEG decoder).
+///
+/// Errors (all naming the file): unreadable, empty (0 bytes), content of no known image
+/// format, corrupt or truncated data.
+pub fn decode_rgb(path: &Path) -> crate::Result<RgbImage> {
+    decode_with_info(path).map(|(img, _)| img)
+}
+
+/// [`decode_rgb`] plus what was found in the file.
+pub fn decode_with_info(path: &Path) -> crate::Result<(RgbImage, DecodeInfo)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    decode_bytes(&bytes).with_context(|| format!("cannot decode {}", path.display()))
+}
+
+/// Decodes an encoded image held in memory; see [`decode_rgb`].
+pub fn decode_bytes(bytes: &[u8]) -> crate::Result<(RgbImage, DecodeInfo)> {
+    if bytes.is_empty() {
+        bail!("the file is empty (0 bytes)");
+    }
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("cannot read the header")?;
+    let Some(format) = reader.format() else {
+        bail!("not an image: the content matches no known image format");
+    };
+    let mut dec = reader.into_decoder().with_context(|| format!("bad {format:?} header"))?;
+    let stored_size = dec.dimensions();
+    let color = format!("{:?}", dec.original_color_type());
+    let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(dec).with_context(|| format!("corrupt or truncated {format:?} data"))?;
+    img.apply_orientation(orientation);
+    let rgb = match img {
+        DynamicImage::ImageRgb8(i) => i,
+        other => other.into_rgb8(),
+    };
+    let info = DecodeInfo { format: format!("{format:?}"), color, stored_size, orientation: format!("{orientation:?}") };
+    Ok((rgb, info))
+}
