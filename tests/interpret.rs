@@ -83,6 +83,7 @@ fn card(vocab: &[&str]) -> ModelCard {
             presize: 48,
             size: 32,
             resize_method: "crop".into(),
+            pad_mode: "reflection".into(),
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
             augment: Some((&kestrel::transforms::aug_transforms().with_min_scale(0.75)).into()),
@@ -267,12 +268,12 @@ fn predict_accepts_every_colour_mode_and_names_a_truncated_file() {
 
     let palette = image::open(d.join("palette.gif")).unwrap();
     assert!(matches!(palette.color(), image::ColorType::Rgba8 | image::ColorType::Rgb8 | image::ColorType::L8));
-    assert_eq!(kestrel::export::decode_rgb(&cmyk).unwrap().dimensions(), (48, 32));
-    let rgb = kestrel::export::decode_rgb(&cmyk).unwrap();
+    assert_eq!(kestrel::data::decode::decode_rgb(&cmyk).unwrap().dimensions(), (48, 32));
+    let rgb = kestrel::data::decode::decode_rgb(&cmyk).unwrap();
     let px = rgb.get_pixel(10, 10).0;
     // PIL's conversion back to RGB of the same file gives (50, 70, 180).
     assert!(px.iter().zip([50u8, 70, 180]).all(|(a, b)| (*a as i32 - b as i32).abs() <= 12), "{px:?}");
-    assert_eq!(kestrel::export::decode_rgb(&d.join("exif.jpg")).unwrap().dimensions(), (40, 64), "EXIF rotation applied");
+    assert_eq!(kestrel::data::decode::decode_rgb(&d.join("exif.jpg")).unwrap().dimensions(), (40, 64), "EXIF rotation applied");
 
     let files: Vec<PathBuf> = vec![
         d.join("rgba.png"),

@@ -3,7 +3,7 @@ reference EfficientNet-Lite0 (efficientnet-lite-pytorch) body + fastai's head fo
 classes, the same validation preprocessing as kestrel (decode, Resize(460) centre crop
 with PIL bilinear, bilinear resize to 224, (x - 127/255) / (128/255)), batch 64, torch with
 `threads` threads and a DataLoader with `threads` decoding workers. Prints one JSON line.
-  python scripts/ref/interpret_bench.py IMAGES_DIR [threads]
+  python scripts/ref/interpret_bench.py IMAGES_DIR [threads] [limit]
 """
 import json, os, sys, time
 import torch, torch.nn.functional as F
@@ -14,7 +14,8 @@ from fastai.vision.learner import create_head
 folder = sys.argv[1]
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 torch.set_num_threads(threads)
-files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
+files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))[:limit]
 
 
 class Photos(torch.utils.data.Dataset):

@@ -2,11 +2,11 @@
 //! `ClassificationInterpretation`): confusion matrix, top losses, most confused pairs and
 //! the classification report, written to `--out`.
 
-use crate::export::{Predictor, expand_image_paths};
+use super::data::DataOpts;
+use crate::export::Predictor;
 use crate::interpret::{ClassificationInterpretation, plot_confusion_matrix, plot_top_losses, preds_from_probs};
 use anyhow::{Context, bail};
 use clap::Args;
-use regex::Regex;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use tch::Tensor;
@@ -16,14 +16,13 @@ use tch::Tensor;
 pub struct InterpretArgs {
     /// The exported model file (written by `export` / `kestrel fine-tune`).
     pub model: PathBuf,
-    /// Folder of labelled photos (searched recursively), e.g. the validation set.
+    /// The labelled photos, described as for `kestrel data` (the validation split is
+    /// interpreted, as fastai's `ClassificationInterpretation.from_learner` does).
+    #[command(flatten)]
+    pub data: DataOpts,
+    /// Interpret every item, not only the validation split.
     #[arg(long)]
-    pub folder: PathBuf,
-    /// Label = first capture group of this regular expression on the file name (fastai
-    /// `RegexLabeller` on `name`), e.g. `^(.+)_\d+\.jpg$`. Without it, the parent folder's
-    /// name is the label (fastai `parent_label`).
-    #[arg(long)]
-    pub label_re: Option<String>,
+    pub all: bool,
     /// Where to write confusion_matrix.png, top_losses.png, report.md,
     /// classification_report.txt and most_confused.csv.
     #[arg(long)]
@@ -37,40 +36,13 @@ pub struct InterpretArgs {
     /// Divide each confusion-matrix row by its total (fastai `normalize=True`).
     #[arg(long)]
     pub normalize: bool,
-    /// Device: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Photos per batch.
-    #[arg(long, default_value_t = 64)]
-    pub bs: usize,
-    /// Decoding threads (default: the number of CPUs).
-    #[arg(long)]
-    pub workers: Option<usize>,
 }
 
-/// The labelled photos of `args`: paths and labels, in path order.
+/// The labelled photos of `args` (validation split unless `--all`): paths and labels.
 fn labelled_items(args: &InterpretArgs) -> crate::Result<(Vec<PathBuf>, Vec<String>)> {
-    let paths = expand_image_paths(std::slice::from_ref(&args.folder))?;
-    let re = args.label_re.as_deref().map(Regex::new).transpose().context("--label-re is not a valid regular expression")?;
-    let mut labels = Vec::with_capacity(paths.len());
-    let mut missed = Vec::new();
-    for p in &paths {
-        let label = match &re {
-            Some(re) => {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                re.captures(name).and_then(|c| c.get(1)).map(|m| m.as_str().to_owned())
-            }
-            None => p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).map(str::to_owned),
-        };
-        match label {
-            Some(l) => labels.push(l),
-            None => missed.push(p.display().to_string()),
-        }
-    }
-    if !missed.is_empty() {
-        bail!("the label pattern misses {} of {} photos, e.g. {}", missed.len(), paths.len(), missed[..missed.len().min(3)].join(", "));
-    }
-    Ok((paths, labels))
+    let ds = args.data.to_datablock()?.datasets()?;
+    let idx: Vec<usize> = if args.all { (0..ds.labels.len()).collect() } else { ds.valid.clone() };
+    Ok((idx.iter().map(|&i| ds.items.paths[i].clone()).collect(), idx.iter().map(|&i| ds.labels[i].clone()).collect()))
 }
 
 /// Runs `kestrel interpret`.
@@ -78,7 +50,7 @@ fn labelled_items(args: &InterpretArgs) -> crate::Result<(Vec<PathBuf>, Vec<Stri
 /// Errors: the model or photos cannot be read, labels outside the model's vocabulary, or
 /// an output cannot be written. Photos that cannot be decoded are reported and left out.
 pub fn run(args: InterpretArgs) -> crate::Result<()> {
-    let device = crate::util::device::parse_device(&args.device)?;
+    let device = crate::util::device::parse_device(&args.data.device)?;
     let predictor = Predictor::load(&args.model, device)?;
     let (paths, labels) = labelled_items(&args)?;
     let vocab = predictor.vocab().to_vec();
@@ -88,8 +60,8 @@ pub fn run(args: InterpretArgs) -> crate::Result<()> {
         let u: Vec<&str> = unknown.into_iter().collect();
         bail!("{} label(s) are not in the model's vocabulary of {} classes: {}", u.len(), vocab.len(), u[..u.len().min(5)].join(", "));
     }
-    let workers = args.workers.unwrap_or_else(crate::util::threads::default_workers);
-    let results = predictor.predict_files(&paths, args.bs, workers);
+    let workers = args.data.workers.unwrap_or_else(crate::util::threads::default_workers);
+    let results = predictor.predict_files(&paths, args.data.bs, workers);
     let (mut probs, mut targets, mut items) = (Vec::new(), Vec::new(), Vec::new());
     let mut bad = 0;
     for ((p, l), r) in paths.iter().zip(&labels).zip(results) {
@@ -126,7 +98,7 @@ pub fn run(args: InterpretArgs) -> crate::Result<()> {
         "# Interpretation of {}\n\n{} photos from {} ({} could not be read); accuracy {:.4}, error rate {:.4}.\n\n## Most confused (actual → predicted, count ≥ {})\n\n",
         args.model.display(),
         interp.len(),
-        args.folder.display(),
+        args.data.folder.as_ref().or(args.data.csv.as_ref()).map_or_else(String::new, |p| p.display().to_string()),
         bad,
         report.accuracy,
         1.0 - report.accuracy,

@@ -2,7 +2,7 @@
 
 use super::file::read_model_file;
 use super::meta::{ArchSpec, ModelMeta};
-use crate::models::Model;
+use crate::models::{Arch, Model, VisionModel};
 use anyhow::bail;
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -26,7 +26,8 @@ pub fn register_arch(name: &str, build: BuildFn) {
 }
 
 /// An untrained network for `spec`, on the CPU: a builder registered with
-/// [`register_arch`] first, else kestrel's own architectures.
+/// [`register_arch`] first, else kestrel's own architectures (`resnet18`…`resnet152`,
+/// `efficientnet_lite0`…`4`: body + fastai head with `n_out` outputs, [`VisionModel`]).
 ///
 /// Errors: an architecture name nobody builds (listing the known ones), or the builder's error.
 pub fn build_model(spec: &ArchSpec) -> crate::Result<Box<dyn Model>> {
@@ -34,11 +35,14 @@ pub fn build_model(spec: &ArchSpec) -> crate::Result<Box<dyn Model>> {
         let reg = registry().read().unwrap_or_else(|e| e.into_inner());
         reg.iter().find(|(n, _)| *n == spec.name).map(|(_, b)| b.clone())
     };
-    match found {
-        Some(build) => build(spec),
-        None => {
+    if let Some(build) = found {
+        return build(spec);
+    }
+    match spec.name.parse::<Arch>() {
+        Ok(arch) => Ok(Box::new(VisionModel::new(arch, spec.n_out as i64, Device::Cpu)?)),
+        Err(_) => {
             let reg = registry().read().unwrap_or_else(|e| e.into_inner());
-            let known: Vec<&str> = reg.iter().map(|(n, _)| n.as_str()).collect();
+            let known: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).chain(reg.iter().map(|(n, _)| n.as_str())).collect();
             bail!("unknown architecture '{}' (this kestrel builds: {})", spec.name, known.join(", "))
         }
     }

@@ -44,6 +44,9 @@ pub struct InferenceTransforms {
     pub size: u32,
     /// Item resize method: `crop`, `pad` or `squish` (fastai `ResizeMethod`).
     pub resize_method: String,
+    /// Padding of `pad`: `zeros`, `reflection` (fastai's default) or `border`.
+    #[serde(default = "reflection")]
+    pub pad_mode: String,
     /// Per-channel mean subtracted after scaling pixels to 0..=1 (RGB).
     pub mean: [f64; 3],
     /// Per-channel standard deviation divided by after subtracting `mean` (RGB).
@@ -53,6 +56,10 @@ pub struct InferenceTransforms {
     /// test-time augmentation. `None` when the model was trained without augmentation.
     #[serde(default)]
     pub augment: Option<AugSpec>,
+}
+
+fn reflection() -> String {
+    "reflection".to_owned()
 }
 
 /// [`AugTransforms`] as stored in a model file (plain JSON; the enums as lower-case names).

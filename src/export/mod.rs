@@ -22,7 +22,7 @@ pub use meta::{
 
 pub(crate) use predictor::argmax;
 pub use predictor::{Prediction, Predictor, TtaOptions, expand_image_paths, tta_combine};
-pub use preprocess::{decode_rgb, presize, to_batch};
+pub use preprocess::{item_tfm, to_batch};
 
 use crate::models::Model;
 use std::path::Path;

@@ -3,11 +3,13 @@
 
 use super::build::load_model;
 use super::meta::ModelMeta;
-use super::preprocess::{decode_rgb, presize, to_batch};
+use super::preprocess::{item_tfm, to_batch};
+use crate::data::ItemTfm;
+use crate::data::decode::decode_rgb;
 use crate::models::Model;
 use crate::transforms::{BatchTfms, BatchTransform, Normalize};
 use crate::util::rng::{Rng, derived, seeded};
-use anyhow::{Context, bail};
+use anyhow::bail;
 use image::RgbImage;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,7 @@ pub struct Predictor {
     model: Box<dyn Model>,
     meta: ModelMeta,
     valid: BatchTfms,
+    presize: ItemTfm,
     device: Device,
 }
 
@@ -96,7 +99,8 @@ impl Predictor {
         let t = &card.transforms;
         let aug = t.augment.as_ref().map(|a| a.to_aug(t.size as i64)).transpose()?;
         let valid = BatchTfms::new(aug, t.size as i64, Normalize::from_stats(t.mean, t.std)?)?;
-        Ok(Self { model, meta, valid, device })
+        let presize = item_tfm(t)?;
+        Ok(Self { model, meta, valid, presize, device })
     }
 
     /// The training batch transform recorded in the model file (augmentation, resize,
@@ -129,8 +133,7 @@ impl Predictor {
     ///
     /// Errors: an unknown resize method in the metadata.
     pub fn presize(&self, img: &RgbImage) -> crate::Result<RgbImage> {
-        let t = &self.meta.card.transforms;
-        presize(img, t.presize, &t.resize_method, None)
+        self.presize.apply(img, false, &mut seeded(0))
     }
 
     /// Probabilities (N, C) `f32` on the CPU for a presized `u8` batch (N, 3, H, W): the
@@ -188,15 +191,14 @@ impl Predictor {
         bs: usize,
         workers: usize,
     ) -> Vec<crate::Result<Prediction>> {
-        let t = self.meta.card.transforms.clone();
         let mut batch_no = 0u64;
         self.run_decoded(paths, bs, workers, |imgs| {
             batch_no += 1;
-            let plain = self.predict_batch(&to_batch(&imgs.iter().map(|i| presize(i, t.presize, &t.resize_method, None)).collect::<crate::Result<Vec<_>>>()?)?)?;
+            let plain = self.predict_batch(&to_batch(&imgs.iter().map(|i| self.presize(i)).collect::<crate::Result<Vec<_>>>()?)?)?;
             let mut augs = Vec::with_capacity(opts.n);
             for pass in 0..opts.n {
                 let mut rng = derived(opts.seed, batch_no * 1_000 + pass as u64);
-                let items = imgs.iter().map(|i| presize(i, t.presize, &t.resize_method, Some(&mut rng))).collect::<crate::Result<Vec<_>>>()?;
+                let items = imgs.iter().map(|i| self.presize.apply(i, true, &mut rng)).collect::<crate::Result<Vec<_>>>()?;
                 augs.push(self.forward(&to_batch(&items)?, aug, true, &mut rng)?);
             }
             Ok(tta_combine(&plain, &augs, opts))
@@ -210,8 +212,8 @@ impl Predictor {
         workers: usize,
         mut run: impl FnMut(&Tensor) -> crate::Result<Tensor>,
     ) -> Vec<crate::Result<Prediction>> {
-        let t = self.meta.card.transforms.clone();
-        let load = move |p: &Path| presize(&decode_rgb(p)?, t.presize, &t.resize_method, None);
+        let tfm = self.presize.clone();
+        let load = move |p: &Path| tfm.apply(&decode_rgb(p)?, false, &mut seeded(0));
         self.pipeline(paths, bs, workers, &load, &mut |items| run(&to_batch(items)?))
     }
 
@@ -316,31 +318,15 @@ pub fn tta_combine(plain: &Tensor, augs: &[Tensor], opts: &TtaOptions) -> Tensor
     aug.lerp(plain, opts.beta as f64)
 }
 
-/// Expands files and folders (recursively, sorted) into image files by extension (jpg
-/// jpeg png gif bmp webp tif tiff, any case); files given explicitly are kept whatever
-/// their extension.
+/// Expands files and folders (fastai `get_image_files`, recursive, sorted) into image
+/// files; files given explicitly are kept whatever their extension.
 ///
 /// Errors: a path that does not exist, naming it.
 pub fn expand_image_paths(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> crate::Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot list folder {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if is_image_ext(&p) {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            walk(p, &mut out)?;
+            out.extend(crate::data::get_image_files(p, true)?.files);
         } else if p.exists() {
             out.push(p.clone());
         } else {
@@ -348,9 +334,4 @@ pub fn expand_image_paths(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-fn is_image_ext(p: &Path) -> bool {
-    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    matches!(ext.as_str(), "jpg" | "jpeg" | "png" | "gif" | "bmp" | "webp" | "tif" | "tiff")
 }

@@ -1,62 +1,29 @@
-//! Item-level preprocessing of photos for inference: decode and presize.
+//! Item-level preprocessing of photos for inference: the data pipeline's decoding and
+//! presizing `Resize`, as the model file describes it, and collation.
 
-use crate::util::rng::Rng;
-use anyhow::{Context, bail};
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage, imageops::FilterType};
-use rand::Rng as _;
-use std::path::Path;
+use super::meta::InferenceTransforms;
+use crate::data::{ItemTfm, PadMode, ResizeMethod};
+use anyhow::bail;
+use image::RgbImage;
 use tch::Tensor;
 
-/// Decodes any photo the `image` crate reads (JPEG incl. CMYK, PNG, GIF, BMP, WebP,
-/// TIFF; format from the content, not the extension) into 8-bit RGB, EXIF orientation
-/// applied, alpha dropped.
+/// The presizing item transform of `t`: fastai `Resize(presize, method, pad_mode)`.
 ///
-/// Errors: unreadable, truncated or non-image file, naming it.
-pub fn decode_rgb(path: &Path) -> crate::Result<RgbImage> {
-    let read = || -> crate::Result<RgbImage> {
-        let reader = ImageReader::open(path)?.with_guessed_format()?;
-        let mut decoder = reader.into_decoder()?;
-        let orientation = decoder.orientation()?;
-        let mut img = DynamicImage::from_decoder(decoder)?;
-        img.apply_orientation(orientation);
-        Ok(img.to_rgb8())
+/// Errors: an unknown resize method or padding mode, naming it.
+pub fn item_tfm(t: &InferenceTransforms) -> crate::Result<ItemTfm> {
+    let method = match t.resize_method.as_str() {
+        "crop" => ResizeMethod::Crop,
+        "pad" => ResizeMethod::Pad,
+        "squish" => ResizeMethod::Squish,
+        m => bail!("unknown resize method '{m}' in the model file (crop, pad or squish)"),
     };
-    read().with_context(|| format!("cannot decode image {}", path.display()))
-}
-
-/// fastai `Resize(size, method)` as an item transform: `crop` takes the largest square
-/// (centred when `rng` is `None`, as on the validation set; at a random position with
-/// `rng`, as on the training set) and resizes it; `squish` resizes the whole photo;
-/// `pad` fits it inside the square with zero (black) borders. Antialiased bilinear
-/// resampling (PIL `BILINEAR`, as fastai).
-///
-/// Errors: an unknown `method`.
-pub fn presize(img: &RgbImage, size: u32, method: &str, rng: Option<&mut Rng>) -> crate::Result<RgbImage> {
-    let (w, h) = img.dimensions();
-    let filter = FilterType::Triangle;
-    Ok(match method {
-        "crop" => {
-            let side = w.min(h);
-            let (px, py) = match rng {
-                Some(r) => (r.random::<f64>(), r.random::<f64>()),
-                None => (0.5, 0.5),
-            };
-            let x0 = ((w - side) as f64 * px) as u32;
-            let y0 = ((h - side) as f64 * py) as u32;
-            let sq = image::imageops::crop_imm(img, x0, y0, side, side).to_image();
-            image::imageops::resize(&sq, size, size, filter)
-        }
-        "squish" => image::imageops::resize(img, size, size, filter),
-        "pad" => {
-            let scale = size as f64 / w.max(h) as f64;
-            let (nw, nh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
-            let small = image::imageops::resize(img, nw, nh, filter);
-            let mut out = RgbImage::new(size, size);
-            image::imageops::replace(&mut out, &small, ((size - nw) / 2) as i64, ((size - nh) / 2) as i64);
-            out
-        }
-        other => bail!("unknown resize method '{other}' (crop, pad or squish)"),
-    })
+    let pad_mode = match t.pad_mode.as_str() {
+        "zeros" => PadMode::Zeros,
+        "reflection" => PadMode::Reflection,
+        "border" => PadMode::Border,
+        m => bail!("unknown padding mode '{m}' in the model file (zeros, reflection or border)"),
+    };
+    Ok(ItemTfm::Resize { size: (t.presize, t.presize), method, pad_mode })
 }
 
 /// Stacks same-sized RGB images into a `u8` tensor (N, 3, H, W) on the CPU.
@@ -74,4 +41,3 @@ pub fn to_batch(imgs: &[RgbImage]) -> crate::Result<Tensor> {
     }
     Ok(Tensor::from_slice(&data).view([imgs.len() as i64, h as i64, w as i64, 3]).permute([0, 3, 1, 2]).contiguous())
 }
-

@@ -2,7 +2,8 @@
 //! Drawn with plotters on an `image` buffer, text in DejaVu Sans.
 
 use super::interpretation::ClassificationInterpretation;
-use crate::export::{decode_rgb, presize};
+use crate::data::ItemTfm;
+use crate::data::decode::decode_rgb;
 use anyhow::{Context, bail};
 use image::{Rgb, RgbImage};
 use plotters::prelude::*;
@@ -159,7 +160,7 @@ pub fn plot_top_losses(interp: &ClassificationInterpretation, k: usize, path: &P
         let (col, row) = (slot as u32 % ncols, slot as u32 / ncols);
         let (x0, y0) = (col * cw + pad, title_h + row * ch + cap_h);
         let p = &interp.items()[t.index];
-        match decode_rgb(p).and_then(|im| presize(&im, thumb, "crop", None)) {
+        match decode_rgb(p).and_then(|im| ItemTfm::resize(thumb).apply(&im, false, &mut crate::util::rng::seeded(0))) {
             Ok(photo) => image::imageops::replace(&mut img, &photo, x0 as i64, y0 as i64),
             Err(e) => {
                 let grey = RgbImage::from_pixel(thumb, thumb, Rgb([200, 200, 200]));
