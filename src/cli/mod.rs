@@ -2,7 +2,9 @@
 //! (clap derive) and a `run` function.
 
 pub mod data;
+pub mod interpret;
 pub mod predict;
+pub mod predict_model;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,8 @@ pub enum Command {
     Data(data::DataArgs),
     /// Predict with a trained model, or with a pretrained ImageNet network (`--imagenet`).
     Predict(predict::PredictArgs),
+    /// Look at a trained model's mistakes on labelled photos (fastai `ClassificationInterpretation`).
+    Interpret(interpret::InterpretArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -33,5 +37,6 @@ pub fn main() -> crate::Result<()> {
     match cli.command {
         Command::Data(a) => data::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Interpret(a) => interpret::run(a),
     }
 }

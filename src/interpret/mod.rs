@@ -1,1 +1,13 @@
-//! TODO
+//! Looking at a trained classifier's mistakes (fastai `ClassificationInterpretation`):
+//! predictions over a loader, confusion matrix, most confused pairs, top losses, the
+//! classification report, and their PNG plots; test-time augmentation over loaders.
+
+mod interpretation;
+mod plot;
+mod preds;
+mod report;
+
+pub use interpretation::{ClassificationInterpretation, TopLoss, preds_from_probs};
+pub use plot::{plot_confusion_matrix, plot_top_losses, register_font};
+pub use preds::{Preds, get_preds, get_preds_pass, tta};
+pub use report::{ClassificationReport, ReportRow};

@@ -1,0 +1,124 @@
+//! `kestrel interpret`: look at an exported model's mistakes on labelled photos (fastai
+//! `ClassificationInterpretation`): confusion matrix, top losses, most confused pairs and
+//! the classification report, written to `--out`.
+
+use super::data::DataOpts;
+use crate::export::Predictor;
+use crate::interpret::{ClassificationInterpretation, plot_confusion_matrix, plot_top_losses, preds_from_probs};
+use anyhow::{Context, bail};
+use clap::Args;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use tch::Tensor;
+
+/// Arguments of `kestrel interpret`.
+#[derive(Args, Debug)]
+pub struct InterpretArgs {
+    /// The exported model file (written by `export` / `kestrel fine-tune`).
+    pub model: PathBuf,
+    /// The labelled photos, described as for `kestrel data` (the validation split is
+    /// interpreted, as fastai's `ClassificationInterpretation.from_learner` does).
+    #[command(flatten)]
+    pub data: DataOpts,
+    /// Interpret every item, not only the validation split.
+    #[arg(long)]
+    pub all: bool,
+    /// Where to write confusion_matrix.png, top_losses.png, report.md,
+    /// classification_report.txt and most_confused.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of top losses to plot (fastai `plot_top_losses(k)`).
+    #[arg(long, default_value_t = 9)]
+    pub k: usize,
+    /// Smallest count of a (actual, predicted) pair listed by most_confused (fastai `min_val`).
+    #[arg(long, default_value_t = 1)]
+    pub min_val: u64,
+    /// Divide each confusion-matrix row by its total (fastai `normalize=True`).
+    #[arg(long)]
+    pub normalize: bool,
+}
+
+/// The labelled photos of `args` (validation split unless `--all`): paths and labels.
+fn labelled_items(args: &InterpretArgs) -> crate::Result<(Vec<PathBuf>, Vec<String>)> {
+    let ds = args.data.to_datablock()?.datasets()?;
+    let idx: Vec<usize> = if args.all { (0..ds.labels.len()).collect() } else { ds.valid.clone() };
+    Ok((idx.iter().map(|&i| ds.items.paths[i].clone()).collect(), idx.iter().map(|&i| ds.labels[i].clone()).collect()))
+}
+
+/// Runs `kestrel interpret`.
+///
+/// Errors: the model or photos cannot be read, labels outside the model's vocabulary, or
+/// an output cannot be written. Photos that cannot be decoded are reported and left out.
+pub fn run(args: InterpretArgs) -> crate::Result<()> {
+    let device = crate::util::device::parse_device(&args.data.device)?;
+    let predictor = Predictor::load(&args.model, device)?;
+    let (paths, labels) = labelled_items(&args)?;
+    let vocab = predictor.vocab().to_vec();
+    let unknown: std::collections::BTreeSet<&str> =
+        labels.iter().map(String::as_str).filter(|l| !vocab.iter().any(|v| v == l)).collect();
+    if !unknown.is_empty() {
+        let u: Vec<&str> = unknown.into_iter().collect();
+        bail!("{} label(s) are not in the model's vocabulary of {} classes: {}", u.len(), vocab.len(), u[..u.len().min(5)].join(", "));
+    }
+    let workers = args.data.workers.unwrap_or_else(crate::util::threads::default_workers);
+    let results = predictor.predict_files(&paths, args.data.bs, workers);
+    let (mut probs, mut targets, mut items) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bad = 0;
+    for ((p, l), r) in paths.iter().zip(&labels).zip(results) {
+        match r {
+            Ok(pred) => {
+                probs.extend(pred.probs);
+                targets.push(vocab.iter().position(|v| v == l).expect("checked above") as i64);
+                items.push(p.clone());
+            }
+            Err(e) => {
+                bad += 1;
+                log::warn!("left out: {e:#}");
+            }
+        }
+    }
+    if items.is_empty() {
+        bail!("none of the {} photos could be predicted", paths.len());
+    }
+    let n = items.len() as i64;
+    let preds = preds_from_probs(Tensor::from_slice(&probs).view([n, vocab.len() as i64]), Tensor::from_slice(&targets));
+    let interp = ClassificationInterpretation::new(&preds, vocab, items)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    plot_confusion_matrix(&interp, &args.out.join("confusion_matrix.png"), args.normalize)?;
+    plot_top_losses(&interp, args.k, &args.out.join("top_losses.png"))?;
+    let report = interp.classification_report();
+    let most = interp.most_confused(args.min_val);
+    let mut mc_csv = String::from("actual,predicted,count\n");
+    for (a, p, c) in &most {
+        let _ = writeln!(mc_csv, "{a},{p},{c}");
+    }
+    crate::util::atomic::write_atomic(&args.out.join("most_confused.csv"), mc_csv.as_bytes())?;
+    crate::util::atomic::write_atomic(&args.out.join("classification_report.txt"), report.to_string().as_bytes())?;
+    let mut md = format!(
+        "# Interpretation of {}\n\n{} photos from {} ({} could not be read); accuracy {:.4}, error rate {:.4}.\n\n## Most confused (actual → predicted, count ≥ {})\n\n",
+        args.model.display(),
+        interp.len(),
+        args.data.folder.as_ref().or(args.data.csv.as_ref()).map_or_else(String::new, |p| p.display().to_string()),
+        bad,
+        report.accuracy,
+        1.0 - report.accuracy,
+        args.min_val
+    );
+    for (a, p, c) in &most {
+        let _ = writeln!(md, "- {a} → {p}: {c}");
+    }
+    let _ = write!(
+        md,
+        "\n## Classification report\n\n{}\n## Confusion matrix\n\n![confusion matrix](confusion_matrix.png)\n\n```\n{}```\n\n## Top losses\n\n![top losses](top_losses.png)\n",
+        report.to_markdown(),
+        interp.confusion_matrix_table()
+    );
+    crate::util::atomic::write_atomic(&args.out.join("report.md"), md.as_bytes())?;
+    println!("{report}");
+    println!("most confused (actual, predicted, count):");
+    for (a, p, c) in most.iter().take(10) {
+        println!("  {a:>28} → {p:<28} {c}");
+    }
+    println!("wrote confusion_matrix.png, top_losses.png, report.md, classification_report.txt, most_confused.csv to {}", args.out.display());
+    Ok(())
+}

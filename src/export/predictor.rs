@@ -1,0 +1,337 @@
+//! Inference with an exported model (fastai `load_learner` + `Learner.predict`, and
+//! `Learner.tta` over files).
+
+use super::build::load_model;
+use super::meta::ModelMeta;
+use super::preprocess::{item_tfm, to_batch};
+use crate::data::ItemTfm;
+use crate::data::decode::decode_rgb;
+use crate::models::Model;
+use crate::transforms::{BatchTfms, BatchTransform, Normalize};
+use crate::util::rng::{Rng, derived, seeded};
+use anyhow::bail;
+use image::RgbImage;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tch::{Device, Kind, Tensor};
+
+/// One photo's prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The most probable class's name.
+    pub label: String,
+    /// Its index in the vocabulary.
+    pub index: usize,
+    /// Softmax probabilities of every class, vocabulary order (sum 1).
+    pub probs: Vec<f32>,
+}
+
+impl Prediction {
+    fn from_probs(probs: Vec<f32>, vocab: &[String]) -> Self {
+        let index = argmax(&probs);
+        Self { label: vocab[index].clone(), index, probs }
+    }
+
+    /// The `k` most probable classes as (index, probability), most probable first (ties by index).
+    pub fn top(&self, k: usize) -> Vec<(usize, f32)> {
+        let mut idx: Vec<usize> = (0..self.probs.len()).collect();
+        idx.sort_by(|&a, &b| self.probs[b].total_cmp(&self.probs[a]).then(a.cmp(&b)));
+        idx.into_iter().take(k).map(|i| (i, self.probs[i])).collect()
+    }
+}
+
+pub(crate) fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
+}
+
+/// Test-time augmentation settings (fastai `Learner.tta` arguments).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TtaOptions {
+    /// Number of augmented passes (fastai `n=4`).
+    pub n: usize,
+    /// Weight of the plain prediction: result = `(1 − beta)·mean(augmented) + beta·plain`
+    /// (fastai `beta=0.25`, `torch.lerp(aug, plain, beta)`).
+    pub beta: f32,
+    /// Take the element-wise maximum of the augmented passes and the plain one instead (fastai `use_max`).
+    pub use_max: bool,
+    /// Seed of the augmentations' random draws.
+    pub seed: u64,
+}
+
+impl Default for TtaOptions {
+    fn default() -> Self {
+        Self { n: 4, beta: 0.25, use_max: false, seed: 42 }
+    }
+}
+
+/// An exported model ready for inference, with its validation-time preprocessing.
+pub struct Predictor {
+    model: Box<dyn Model>,
+    meta: ModelMeta,
+    valid: BatchTfms,
+    presize: ItemTfm,
+    device: Device,
+}
+
+impl Predictor {
+    /// Loads an exported model onto `device` (CPU or CUDA regardless of where it was
+    /// trained; fastai `load_learner`).
+    ///
+    /// Errors: as [`super::load_model`] (a [`super::ModelFileError`] for files that are
+    /// truncated, corrupt, a checkpoint, of a newer version or not kestrel models).
+    pub fn load(path: &Path, device: Device) -> crate::Result<Self> {
+        let loaded = load_model(path, device)?;
+        Self::new(loaded.model, loaded.meta)
+    }
+
+    /// A predictor over an in-memory `model` (e.g. a Learner's) described by `meta`,
+    /// on the model's device — what `load` gives for the exported file.
+    ///
+    /// Errors: a vocabulary whose size differs from `meta.card.arch.n_out`; transforms
+    /// the batch stage refuses (bad statistics or augmentation parameters).
+    pub fn new(model: Box<dyn Model>, meta: ModelMeta) -> crate::Result<Self> {
+        let card = &meta.card;
+        if card.vocab.len() != card.arch.n_out {
+            bail!("the vocabulary has {} classes but the model has {} outputs", card.vocab.len(), card.arch.n_out);
+        }
+        let device = model.var_store().device();
+        let t = &card.transforms;
+        let aug = t.augment.as_ref().map(|a| a.to_aug(t.size as i64)).transpose()?;
+        let valid = BatchTfms::new(aug, t.size as i64, Normalize::from_stats(t.mean, t.std)?)?;
+        let presize = item_tfm(t)?;
+        Ok(Self { model, meta, valid, presize, device })
+    }
+
+    /// The training batch transform recorded in the model file (augmentation, resize,
+    /// normalisation), for [`Predictor::tta_files`].
+    ///
+    /// Errors: the file records no augmentation.
+    pub fn augmentation(&self) -> crate::Result<BatchTfms> {
+        if self.valid.aug().is_none() {
+            bail!("the model file records no training augmentation, which test-time augmentation needs");
+        }
+        Ok(self.valid.clone())
+    }
+
+    /// The model file's metadata.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// Class names, index order.
+    pub fn vocab(&self) -> &[String] {
+        &self.meta.card.vocab
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The item transform of validation: `Resize(presize, method)` with a centre crop.
+    ///
+    /// Errors: an unknown resize method in the metadata.
+    pub fn presize(&self, img: &RgbImage) -> crate::Result<RgbImage> {
+        self.presize.apply(img, false, &mut seeded(0))
+    }
+
+    /// Probabilities (N, C) `f32` on the CPU for a presized `u8` batch (N, 3, H, W): the
+    /// validation batch transform, the model in evaluation mode, softmax.
+    ///
+    /// Errors: a batch the transform or the model refuses.
+    pub fn predict_batch(&self, x: &Tensor) -> crate::Result<Tensor> {
+        self.forward(x, &self.valid, false, &mut seeded(0))
+    }
+
+    fn forward(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {
+        tch::no_grad(|| {
+            let x = tfm.apply(&x.to_device(self.device), train, rng)?;
+            let logits = self.model.forward_t(&x, false);
+            Ok(logits.to_kind(Kind::Float).softmax(-1, Kind::Float).to_device(Device::Cpu))
+        })
+    }
+
+    /// Predicts one decoded photo (fastai `Learner.predict`): presize, validation batch
+    /// transform, model, softmax.
+    ///
+    /// Errors: as [`Predictor::predict_batch`].
+    pub fn predict_image(&self, img: &RgbImage) -> crate::Result<Prediction> {
+        let x = to_batch(&[self.presize(img)?])?;
+        let probs = Vec::<f32>::try_from(self.predict_batch(&x)?.flatten(0, -1))?;
+        Ok(Prediction::from_probs(probs, self.vocab()))
+    }
+
+    /// Predicts the photo at `path`. Errors: an undecodable file (naming it), or as
+    /// [`Predictor::predict_image`].
+    pub fn predict_file(&self, path: &Path) -> crate::Result<Prediction> {
+        self.predict_image(&decode_rgb(path)?)
+    }
+
+    /// Predicts many photos in batches of `bs`, decoding and presizing on `workers`
+    /// threads while the model runs. Returns one result per path, in order: a file that
+    /// cannot be decoded gets its error (naming it) and the others are still predicted.
+    pub fn predict_files(&self, paths: &[PathBuf], bs: usize, workers: usize) -> Vec<crate::Result<Prediction>> {
+        self.run_files(paths, bs, workers, |x| {
+            let p = self.predict_batch(x)?;
+            Ok(p)
+        })
+    }
+
+    /// Test-time augmentation over files (fastai `Learner.tta`): `opts.n` passes with the
+    /// training augmentation `aug` (called with `train = true`) on the items presized as
+    /// in training (`Resize` crop at a random position), averaged (or maximum with
+    /// `use_max`), then blended with the plain validation prediction:
+    /// `(1 − beta)·aug + beta·plain`. Results per path as [`Predictor::predict_files`].
+    pub fn tta_files(
+        &self,
+        paths: &[PathBuf],
+        aug: &dyn BatchTransform,
+        opts: &TtaOptions,
+        bs: usize,
+        workers: usize,
+    ) -> Vec<crate::Result<Prediction>> {
+        let mut batch_no = 0u64;
+        self.run_decoded(paths, bs, workers, |imgs| {
+            batch_no += 1;
+            let plain = self.predict_batch(&to_batch(&imgs.iter().map(|i| self.presize(i)).collect::<crate::Result<Vec<_>>>()?)?)?;
+            let mut augs = Vec::with_capacity(opts.n);
+            for pass in 0..opts.n {
+                let mut rng = derived(opts.seed, batch_no * 1_000 + pass as u64);
+                let items = imgs.iter().map(|i| self.presize.apply(i, true, &mut rng)).collect::<crate::Result<Vec<_>>>()?;
+                augs.push(self.forward(&to_batch(&items)?, aug, true, &mut rng)?);
+            }
+            Ok(tta_combine(&plain, &augs, opts))
+        })
+    }
+
+    fn run_files(
+        &self,
+        paths: &[PathBuf],
+        bs: usize,
+        workers: usize,
+        mut run: impl FnMut(&Tensor) -> crate::Result<Tensor>,
+    ) -> Vec<crate::Result<Prediction>> {
+        let tfm = self.presize.clone();
+        let load = move |p: &Path| tfm.apply(&decode_rgb(p)?, false, &mut seeded(0));
+        self.pipeline(paths, bs, workers, &load, &mut |items| run(&to_batch(items)?))
+    }
+
+    fn run_decoded(
+        &self,
+        paths: &[PathBuf],
+        bs: usize,
+        workers: usize,
+        mut run: impl FnMut(&[RgbImage]) -> crate::Result<Tensor>,
+    ) -> Vec<crate::Result<Prediction>> {
+        self.pipeline(paths, bs, workers, &decode_rgb, &mut run)
+    }
+
+    /// Loads items on worker threads (in path order, bounded queue) and runs the model
+    /// on the main thread batch by batch.
+    fn pipeline(
+        &self,
+        paths: &[PathBuf],
+        bs: usize,
+        workers: usize,
+        load: &(dyn Fn(&Path) -> crate::Result<RgbImage> + Sync),
+        run: &mut dyn FnMut(&[RgbImage]) -> crate::Result<Tensor>,
+    ) -> Vec<crate::Result<Prediction>> {
+        let bs = bs.max(1);
+        let mut results: Vec<Option<crate::Result<Prediction>>> = (0..paths.len()).map(|_| None).collect();
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = crossbeam_channel::bounded::<(usize, crate::Result<RgbImage>)>(2 * bs);
+        std::thread::scope(|s| {
+            for _ in 0..workers.max(1) {
+                let (tx, next) = (tx.clone(), &next);
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= paths.len() || tx.send((i, load(&paths[i]))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut pending = BTreeMap::new();
+            let (mut next_out, mut batch_idx, mut batch) = (0usize, Vec::new(), Vec::new());
+            let mut flush = |idx: &mut Vec<usize>, items: &mut Vec<RgbImage>, results: &mut Vec<Option<_>>| {
+                if idx.is_empty() {
+                    return;
+                }
+                match run(items).and_then(|p| Ok(Vec::<f32>::try_from(p.flatten(0, -1))?)) {
+                    Ok(flat) => {
+                        let c = flat.len() / idx.len();
+                        for (k, &i) in idx.iter().enumerate() {
+                            results[i] = Some(Ok(Prediction::from_probs(flat[k * c..(k + 1) * c].to_vec(), self.vocab())));
+                        }
+                    }
+                    Err(e) => {
+                        for &i in idx.iter() {
+                            results[i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[i].display())));
+                        }
+                    }
+                }
+                idx.clear();
+                items.clear();
+            };
+            for (i, r) in rx {
+                pending.insert(i, r);
+                while let Some(r) = pending.remove(&next_out) {
+                    match r {
+                        Ok(img) => {
+                            batch_idx.push(next_out);
+                            batch.push(img);
+                        }
+                        Err(e) => results[next_out] = Some(Err(e)),
+                    }
+                    next_out += 1;
+                    if batch.len() == bs {
+                        flush(&mut batch_idx, &mut batch, &mut results);
+                    }
+                }
+            }
+            flush(&mut batch_idx, &mut batch, &mut results);
+        });
+        results
+            .into_iter()
+            .zip(paths)
+            .map(|(r, p)| r.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not processed", p.display()))))
+            .collect()
+    }
+}
+
+/// fastai `Learner.tta`'s combination of the plain probabilities (N, C) and the augmented
+/// passes' (each (N, C)): `lerp(mean(augs), plain, beta)`, or the element-wise maximum of
+/// all with `use_max`. With no augmented pass, the plain probabilities.
+pub fn tta_combine(plain: &Tensor, augs: &[Tensor], opts: &TtaOptions) -> Tensor {
+    if augs.is_empty() {
+        return plain.shallow_clone();
+    }
+    let stacked = Tensor::stack(augs, 0);
+    if opts.use_max {
+        let aug = stacked.amax([0i64].as_slice(), false);
+        return aug.maximum(plain);
+    }
+    let aug = stacked.mean_dim([0i64].as_slice(), false, Kind::Float);
+    aug.lerp(plain, opts.beta as f64)
+}
+
+/// Expands files and folders (fastai `get_image_files`, recursive, sorted) into image
+/// files; files given explicitly are kept whatever their extension.
+///
+/// Errors: a path that does not exist, naming it.
+pub fn expand_image_paths(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            out.extend(crate::data::get_image_files(p, true)?.files);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            bail!("{} does not exist", p.display());
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,43 @@
+//! Item-level preprocessing of photos for inference: the data pipeline's decoding and
+//! presizing `Resize`, as the model file describes it, and collation.
+
+use super::meta::InferenceTransforms;
+use crate::data::{ItemTfm, PadMode, ResizeMethod};
+use anyhow::bail;
+use image::RgbImage;
+use tch::Tensor;
+
+/// The presizing item transform of `t`: fastai `Resize(presize, method, pad_mode)`.
+///
+/// Errors: an unknown resize method or padding mode, naming it.
+pub fn item_tfm(t: &InferenceTransforms) -> crate::Result<ItemTfm> {
+    let method = match t.resize_method.as_str() {
+        "crop" => ResizeMethod::Crop,
+        "pad" => ResizeMethod::Pad,
+        "squish" => ResizeMethod::Squish,
+        m => bail!("unknown resize method '{m}' in the model file (crop, pad or squish)"),
+    };
+    let pad_mode = match t.pad_mode.as_str() {
+        "zeros" => PadMode::Zeros,
+        "reflection" => PadMode::Reflection,
+        "border" => PadMode::Border,
+        m => bail!("unknown padding mode '{m}' in the model file (zeros, reflection or border)"),
+    };
+    Ok(ItemTfm::Resize { size: (t.presize, t.presize), method, pad_mode })
+}
+
+/// Stacks same-sized RGB images into a `u8` tensor (N, 3, H, W) on the CPU.
+///
+/// Errors: no images, or images of different sizes.
+pub fn to_batch(imgs: &[RgbImage]) -> crate::Result<Tensor> {
+    let Some(first) = imgs.first() else { bail!("no images to batch") };
+    let (w, h) = first.dimensions();
+    let mut data = Vec::with_capacity(imgs.len() * (w * h * 3) as usize);
+    for img in imgs {
+        if img.dimensions() != (w, h) {
+            bail!("images of different sizes in one batch: {:?} and {:?}", (w, h), img.dimensions());
+        }
+        data.extend_from_slice(img.as_raw());
+    }
+    Ok(Tensor::from_slice(&data).view([imgs.len() as i64, h as i64, w as i64, 3]).permute([0, 3, 1, 2]).contiguous())
+}
