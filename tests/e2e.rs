@@ -70,7 +70,7 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
     assert!(!out.join("checkpoint.pth").exists(), "a finished run leaves no resume checkpoint");
     for png in ["lr_find.png", "loss.png", "show_batch.png"] {
         let img = image::open(out.join(png)).unwrap();
-        assert!(img.width() >= 200 && img.height() >= 200, "{png} is a real plot");
+        assert!(img.width() >= 64 && img.height() >= 64, "{png} is a real picture");
     }
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().filter(|l| !l.starts_with("epoch")).collect();
@@ -89,7 +89,8 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
     let images = tmp.path().join("shapes");
     shapes_folder(&images, 12);
     let out = tmp.path().join("run");
-    // Interrupt during the unfrozen phase: 3 training batches per epoch, 1 frozen epoch.
+    // Interrupt in the unfrozen phase after its 2nd batch: 3 training batches per epoch
+    // (29 training images, bs 8, drop_last), 1 frozen epoch.
     let o = kestrel(&fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), &[("KESTREL_INTERRUPT_AFTER", "5")]);
     assert!(!o.status.success(), "an interrupted run exits non-zero");
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -99,7 +100,7 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
     let status = Command::new("sh").arg("-c").arg(cmd.replacen("kestrel", BIN, 1)).env_remove("KESTREL_INTERRUPT_AFTER").output().unwrap();
     eprintln!("{}{}", String::from_utf8_lossy(&status.stdout), String::from_utf8_lossy(&status.stderr));
     assert!(status.status.success(), "the printed command resumes and finishes");
-    assert!(String::from_utf8_lossy(&status.stdout).contains("resuming at phase 1, epoch 0, batch 1"));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("resuming at phase 1, epoch 0, batch 2"));
     assert!(out.join("report.html").is_file() && out.join("model.pth").is_file());
     assert!(!out.join("checkpoint.pth").exists());
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();

@@ -183,6 +183,11 @@ fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixe
 /// After training: the model checkpoint, loss.png and report.html.
 fn finish(learn: &mut Learner, args: &FineTuneArgs, arch: Arch, lr: f64, fit_secs: f64, out: &std::path::Path) -> crate::Result<FineTuneResult> {
     learn.save(MODEL, None)?;
+    // INTEGRATION POINT (issue 6, branch `interpret`, not yet on main): here go
+    // `interpret::get_preds(model, dls.valid)` → `ClassificationInterpretation` →
+    // confusion_matrix.png, top_losses.png, most_confused and the classification report
+    // (as RUN_IMAGES entries and Text sections of the report), and
+    // `export::export(out/"model.safetensors", ...)` for `kestrel predict`.
     learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
     let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
