@@ -1,8 +1,11 @@
 //! The `kestrel` command line: one file per subcommand, each with an `Args` struct
 //! (clap derive) and a `run` function.
 
+pub mod check_data;
 pub mod data;
+pub mod fine_tune;
 pub mod interpret;
+pub mod pets;
 pub mod predict;
 pub mod predict_model;
 
@@ -23,6 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Inspect a dataset as a DataBlock sees it (fastai `DataBlock.summary`, `show_batch`).
     Data(data::DataArgs),
+    /// A health report of a dataset before training: counts per class and split,
+    /// undecodable files, labeller misses, labels only in validation, duplicates, tiny images.
+    CheckData(check_data::CheckDataArgs),
+    /// Fine-tune a pretrained network on your images (fastai `vision_learner` +
+    /// `fine_tune`), writing plots, metrics, the model and report.html.
+    FineTune(fine_tune::FineTuneArgs),
+    /// The fastai book's pet-breeds run (chapter 5) with its recipe.
+    Pets(pets::PetsArgs),
     /// Predict with a trained model, or with a pretrained ImageNet network (`--imagenet`).
     Predict(predict::PredictArgs),
     /// Look at a trained model's mistakes on labelled photos (fastai `ClassificationInterpretation`).
@@ -36,6 +47,9 @@ pub fn main() -> crate::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Data(a) => data::run(a),
+        Command::CheckData(a) => check_data::run(a),
+        Command::FineTune(a) => fine_tune::run(a),
+        Command::Pets(a) => pets::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Interpret(a) => interpret::run(a),
     }

@@ -2,6 +2,7 @@
 //! presizing item transforms and the batched, prefetching loaders.
 
 pub mod block;
+pub mod check;
 pub mod decode;
 pub mod items;
 pub mod label;

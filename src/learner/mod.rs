@@ -10,6 +10,7 @@ pub mod optim;
 pub mod plot;
 pub mod schedule;
 mod training;
+pub mod vision;
 
 pub use checkpoint::Position;
 pub use fp16::{GradScaler, Precision};
@@ -17,6 +18,7 @@ pub use loss::{BCEWithLogitsLossFlat, CrossEntropyLossFlat, LabelSmoothingCrossE
 pub use lr_find::{LrFindOptions, LrFindResult, Suggestion};
 pub use optim::{Hypers, OptKind, OptParam, Optimizer};
 pub use schedule::{Lr, OneCycle, Sched, combined_cos, even_mults};
+pub use vision::{model_normalize, vision_batch_tfms, vision_learner};
 
 use crate::callbacks::{Callback, Recorder};
 use crate::data::DataLoaders;

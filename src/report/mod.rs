@@ -2,6 +2,8 @@
 //! the run's settings, fastai's results table, the plots, `most_confused` and the
 //! classification report. Written by `kestrel fine-tune` as `report.html`.
 
+pub mod run;
+
 use anyhow::Context;
 use base64::Engine as _;
 use std::fmt::Write as _;

@@ -1,0 +1,35 @@
+"""fastai's side of the data-throughput comparison (benches/pipeline.rs).
+
+One training pass over the pets sample through fastai's DataLoader with 2 workers:
+decode + Resize(460) + aug_transforms(size=224, min_scale=0.75) + Normalize, bs 32,
+2 torch threads. Prints images/s as the last line ("fastai_ips <value>").
+
+Usage: python fastai_pipeline.py SAMPLE_DIR
+"""
+import sys, time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.vision.all import ImageDataLoaders, Normalize, Resize, aug_transforms
+
+
+def main():
+    path = Path(sys.argv[1])
+    torch.set_num_threads(2)
+    df = pd.read_csv(path / "labels.csv")
+    stats = ([127 / 255] * 3, [128 / 255] * 3)
+    dls = ImageDataLoaders.from_df(
+        df, path, fn_col="fname", label_col="label", valid_col="is_valid",
+        item_tfms=Resize(460), bs=32, num_workers=2,
+        batch_tfms=[*aug_transforms(size=224, min_scale=0.75), Normalize.from_stats(*stats)])
+    it = iter(dls.train)  # warm-up: start the workers, fill the file cache
+    next(it)
+    t0, n = time.time(), 0
+    for xb, _ in dls.train:
+        n += xb.shape[0]
+    print(f"fastai_ips {n / (time.time() - t0):.1f}")
+
+
+if __name__ == "__main__":
+    main()

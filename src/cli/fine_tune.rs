@@ -1,0 +1,278 @@
+//! `kestrel fine-tune`: the fastai book's chapter 5 in one command — `DataBlock` with
+//! presizing and `aug_transforms`, `vision_learner`, `lr_find`, `fine_tune` — writing
+//! the plots, the metrics, a checkpoint and `report.html` into `--out`.
+
+use super::data::DataOpts;
+use crate::report::run::{RunFiles, write_run_report};
+use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
+use crate::data::show::{Denorm, show_loader_batch};
+use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
+use crate::models::Arch;
+use crate::models::zoo::weights_file;
+use anyhow::{Context, bail};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Name of the resumable checkpoint in `--out` (`checkpoint.pth`).
+pub const CHECKPOINT: &str = "checkpoint";
+/// Name of the trained model's checkpoint in `--out` (`model.pth`).
+pub const MODEL: &str = "model";
+
+/// Arguments of `kestrel fine-tune`.
+#[derive(Args, Debug, Clone)]
+pub struct FineTuneArgs {
+    /// The data (the same options as `kestrel data`).
+    #[command(flatten)]
+    pub data: DataOpts,
+    /// Architecture: resnet18, resnet34, resnet50, resnet101, resnet152,
+    /// efficientnet_lite0 … efficientnet_lite4 (fastai `vision_learner(dls, arch)`).
+    #[arg(long, default_value = "efficientnet_lite0")]
+    pub arch: String,
+    /// Start from random weights instead of ImageNet-pretrained ones (fastai
+    /// `pretrained=False`).
+    #[arg(long)]
+    pub no_pretrained: bool,
+    /// Pretrained weight file to use instead of the downloaded/installed one.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_pretrained")]
+    pub weights: Option<PathBuf>,
+    /// Side of the square training images after the batch transforms (fastai
+    /// `aug_transforms(size=...)`), pixels.
+    #[arg(long, default_value_t = 224)]
+    pub size: i64,
+    /// Smallest fraction of the image area the random-resized crop keeps (fastai
+    /// `aug_transforms(min_scale=...)`).
+    #[arg(long, default_value_t = 0.75)]
+    pub min_scale: f64,
+    /// Epochs with the whole network trainable (fastai `fine_tune(epochs)`).
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    /// Epochs training only the head first, the pretrained body frozen (fastai
+    /// `fine_tune(freeze_epochs=1)`).
+    #[arg(long, default_value_t = 1)]
+    pub freeze_epochs: usize,
+    /// Base learning rate of `fine_tune`, or `auto`: run `lr_find` and use its `valley`
+    /// suggestion. fastai's default base_lr is 2e-3.
+    #[arg(long, default_value = "2e-3")]
+    pub lr: String,
+    /// Batches of the `lr_find` sweep (fastai `num_it=100`); lr_find.png is always drawn.
+    #[arg(long, default_value_t = 100)]
+    pub lr_find_iters: usize,
+    /// Mixed precision with float16 and loss scaling (fastai `to_fp16`); needs a CUDA GPU.
+    #[arg(long, conflicts_with = "bf16")]
+    pub fp16: bool,
+    /// bfloat16 autocast of the forward pass, float32 weights (`Learner::to_bf16`): on
+    /// CPUs with AMX (and on GPUs) faster than float32 at about the same error rate.
+    #[arg(long)]
+    pub bf16: bool,
+    /// Channels-last memory layout of weights and batches (PyTorch
+    /// `memory_format=torch.channels_last`): the fastest layout for these convolutions on
+    /// the CPU (default true; `--channels-last false` for NCHW).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub channels_last: bool,
+    /// Folder for the outputs (default `runs/<UTC date>-<time>`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the interrupted run whose `checkpoint.pth` is in --out (give the same
+    /// options as the interrupted command; kestrel prints the exact command).
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct FineTuneResult {
+    /// The output folder.
+    pub out: PathBuf,
+    /// Validation error rate after the last epoch, in [0, 1].
+    pub error_rate: f64,
+    /// Wall time of `fine_tune` (without lr_find and the outputs), seconds.
+    pub fit_secs: f64,
+    /// The base learning rate used.
+    pub lr: f64,
+}
+
+/// Runs `kestrel fine-tune` and prints where the outputs are.
+///
+/// Errors: as [`fine_tune`].
+pub fn run(args: FineTuneArgs) -> crate::Result<()> {
+    let r = fine_tune(&args)?;
+    println!("error_rate {:.4}; outputs in {}", r.error_rate, r.out.display());
+    println!("report: {}", r.out.join("report.html").display());
+    Ok(())
+}
+
+/// The whole run: data, learner, lr_find (lr_find.png), `fine_tune` with the progress
+/// table, then loss.png, show_batch.png, metrics.csv, `model.pth` and report.html in `--out`.
+/// On Ctrl-C the current batch finishes, `checkpoint.pth` is written and the error says
+/// the command that resumes.
+///
+/// Errors: bad options (an unknown arch, `--lr` neither `auto` nor a positive number);
+/// the data, weight and training errors; `--resume` without a checkpoint; an interrupt.
+pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
+    let arch: Arch = args.arch.parse()?;
+    let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
+    let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output folder {}", out.display()))?;
+    if args.resume && !out.join(format!("{CHECKPOINT}.pth")).is_file() {
+        bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
+    }
+
+    let tfms = vision_batch_tfms(arch, args.size, args.min_scale)?;
+    let norm = tfms.normalize().clone();
+    let dls = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
+    show_loader_batch(&dls.train, &dls.datasets.vocab, 3, 3, false,
+                      Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
+
+    let weights = if args.no_pretrained { None } else { Some(weights_file(arch.name(), args.weights.as_deref(), true)?) };
+    let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(args.data.seed);
+    if args.channels_last { learn.to_channels_last(); }
+    if args.fp16 { learn.to_fp16()?; }
+    if args.bf16 { learn.to_bf16()?; }
+
+    let lr = if args.resume {
+        fixed_lr.context("--resume needs the learning rate of the interrupted run as --lr VALUE")?
+    } else {
+        find_lr(&mut learn, args, &out, fixed_lr)?
+    };
+    let csv = out.join("metrics.csv");
+    if !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
+    let mut learn = learn
+        .with_cb(Box::new(ProgressCallback::new()))
+        .with_cb(Box::new(CSVLogger::new(&csv, true)))
+        .with_cb(Box::new(InterruptCallback::on_ctrl_c(CHECKPOINT)?));
+    if args.resume {
+        let p = learn.load_checkpoint(CHECKPOINT)?;
+        println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter);
+    }
+    let opts = FineTuneOptions { freeze_epochs: args.freeze_epochs, ..FineTuneOptions::default() };
+    let t0 = Instant::now();
+    learn.fine_tune_with(args.epochs, lr, opts)?;
+    let fit_secs = t0.elapsed().as_secs_f64();
+    if learn.stop_reason.as_deref() == Some("interrupted") {
+        bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
+              learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
+    }
+    finish(&mut learn, args, arch, lr, fit_secs, &out)
+}
+
+/// Runs `lr_find` (restoring the weights afterwards), draws lr_find.png, and returns the
+/// base learning rate: `fixed` when given, else the valley suggestion (printed).
+fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixed: Option<f64>) -> crate::Result<f64> {
+    let o = LrFindOptions { num_it: args.lr_find_iters, ..LrFindOptions::default() };
+    let found = learn.lr_find(o);
+    let r = match (found, fixed) {
+        (Ok(r), _) => r,
+        // With a fixed lr the sweep is only informative: a too-short sweep is not fatal.
+        (Err(e), Some(lr)) => { eprintln!("lr_find: {e:#} (continuing with --lr {lr:e})"); return Ok(lr); }
+        (Err(e), None) => return Err(e.context("--lr auto needs a learning-rate sweep; give --lr VALUE instead")),
+    };
+    r.plot(&out.join("lr_find.png"))?;
+    Ok(match fixed {
+        Some(lr) => lr,
+        None => {
+            println!("lr_find: valley {:.2e} (minimum/10 {:.2e}, steep {:.2e}); using {:.2e}",
+                     r.valley.lr, r.minimum.lr, r.steep.lr, r.valley.lr);
+            r.valley.lr
+        }
+    })
+}
+
+/// After training: the model checkpoint, loss.png and report.html.
+fn finish(learn: &mut Learner, args: &FineTuneArgs, arch: Arch, lr: f64, fit_secs: f64, out: &std::path::Path) -> crate::Result<FineTuneResult> {
+    learn.save(MODEL, None)?;
+    // INTEGRATION POINT (issue 6, branch `interpret`, not yet on main): here go
+    // `interpret::get_preds(model, dls.valid)` → `ClassificationInterpretation` →
+    // confusion_matrix.png, top_losses.png, most_confused and the classification report
+    // (as RUN_IMAGES entries and Text sections of the report), and
+    // `export::export(out/"model.safetensors", ...)` for `kestrel predict`.
+    learn.recorder.plot_loss(&out.join("loss.png"))?;
+    let names = learn.metric_names();
+    let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
+    let error_rate = learn.recorder.values.last().and_then(|v| v.get(col)).copied().unwrap_or(f64::NAN);
+    let settings = settings(args, arch, lr, learn);
+    write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs })?;
+    let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
+    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr })
+}
+
+fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner) -> Vec<(String, String)> {
+    let d = &args.data;
+    let data = match (&d.csv, &d.folder) {
+        (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
+        (None, Some(f)) => format!("{} (labels: {}, RandomSplitter({}))", f.display(), d.label_re, d.valid_pct),
+        (None, None) => String::new(),
+    };
+    let precision = if args.fp16 { "fp16" } else if args.bf16 { "bf16 autocast" } else { "fp32" };
+    [
+        ("data", data),
+        ("classes", learn.dls.vocab.len().to_string()),
+        ("train / valid images", format!("{} / {}", learn.dls.train.n_items(), learn.dls.valid.n_items())),
+        ("arch", format!("{arch}{}", if args.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
+        ("presize / size / min_scale", format!("{} / {} / {}", d.presize, args.size, args.min_scale)),
+        ("bs", d.bs.to_string()),
+        ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
+                              if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
+        ("precision / layout", format!("{precision} / {}", if args.channels_last { "channels-last" } else { "NCHW" })),
+        ("seed", d.seed.to_string()),
+        ("device", format!("{:?}", learn.dls.train.device())),
+        ("kestrel", env!("CARGO_PKG_VERSION").to_string()),
+    ].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// A positive learning rate from `--lr`. Errors: not a positive finite number.
+fn parse_lr(s: &str) -> crate::Result<f64> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => bail!("--lr {s}: expected `auto` or a positive number such as 2e-3"),
+    }
+}
+
+/// The command line of this process with `--resume`, `--out` and the lr actually used.
+fn resume_command(lr: f64, out: &std::path::Path) -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut cmd: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = std::mem::take(&mut args[i]);
+        match a.as_str() {
+            "--lr" | "--out" => i += 1,
+            _ if a.starts_with("--lr=") || a.starts_with("--out=") || a == "--resume" => {}
+            _ => cmd.push(shell_quote(&a)),
+        }
+        i += 1;
+    }
+    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
+    let is_pets = cmd.get(1).is_some_and(|c| c == "pets");
+    if !is_pets { cmd.push(format!("--lr {lr:e}")); }
+    cmd.push(format!("--out {}", shell_quote(&out.display().to_string())));
+    cmd.push("--resume".into());
+    cmd.join(" ")
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%^".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` of the current UTC time (for the default output folder).
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil_from_days (H. Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60)
+}

@@ -1,0 +1,140 @@
+//! A dataset's health report before training (`kestrel check-data`): what would make a
+//! fastai `DataBlock` fail, or train on something other than intended.
+
+use super::decode::decode_bytes;
+use super::DataBlock;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+
+/// What [`check_data`] found. Paths are as the items list them.
+#[derive(Debug, Clone, Default)]
+pub struct DataCheck {
+    /// Number of items listed (images in the folder, or rows of the CSV).
+    pub n_items: usize,
+    /// Per label: (label, training items, validation items), labels sorted.
+    pub counts: Vec<(String, usize, usize)>,
+    /// Files that cannot be read or decoded, with the reason.
+    pub undecodable: Vec<(PathBuf, String)>,
+    /// Items the labeller gives no label, with the reason (e.g. a regex miss).
+    pub label_misses: Vec<(PathBuf, String)>,
+    /// Labels that occur in the validation set but never in training (the model cannot
+    /// predict them; fastai fails on them).
+    pub valid_only: Vec<String>,
+    /// Groups of files with identical content (SHA-256), each group sorted; one of each
+    /// group is a candidate for removal (a copy in both splits inflates validation scores).
+    pub duplicates: Vec<Vec<PathBuf>>,
+    /// Images whose smaller side is below the training size: (file, width, height) in pixels.
+    pub tiny: Vec<(PathBuf, u32, u32)>,
+    /// The training size the images were compared with, pixels.
+    pub min_size: u32,
+}
+
+impl DataCheck {
+    /// Number of problems found (each file or label counted once per kind; a duplicate
+    /// group counts its extra copies).
+    pub fn n_problems(&self) -> usize {
+        self.undecodable.len() + self.label_misses.len() + self.valid_only.len() + self.tiny.len()
+            + self.duplicates.iter().map(|g| g.len() - 1).sum::<usize>()
+    }
+}
+
+/// Checks the items of `block` (its source, labeller and splitter; transforms are not
+/// used): every file is read and decoded (in `block.workers` threads), hashed and measured
+/// against `min_size` (the `--size` the model trains at, pixels).
+///
+/// Errors: the items cannot be listed (missing folder or CSV, bad column) or the splitter
+/// fails (e.g. a non-boolean `is_valid` cell). Problems in the data are not errors: they
+/// are in the returned [`DataCheck`].
+pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> {
+    let items = block.items()?;
+    let n = items.len();
+    let mut labels = Vec::with_capacity(n);
+    let mut label_misses = Vec::new();
+    for i in 0..n {
+        match block.labeller.label(&items, i) {
+            Ok(l) => labels.push(Some(l)),
+            Err(e) => { label_misses.push((items.paths[i].clone(), format!("{e:#}"))); labels.push(None) }
+        }
+    }
+    let placeholder: Vec<String> = labels.iter().map(|l| l.clone().unwrap_or_default()).collect();
+    let (train, valid) = block.splitter.split(&items, &placeholder)?;
+
+    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for &i in &train { if let Some(l) = &labels[i] { counts.entry(l.clone()).or_default().0 += 1; } }
+    for &i in &valid { if let Some(l) = &labels[i] { counts.entry(l.clone()).or_default().1 += 1; } }
+    let valid_only = counts.iter().filter(|(_, c)| c.0 == 0 && c.1 > 0).map(|(l, _)| l.clone()).collect();
+
+    let files = scan_files(&items.paths, block.workers.max(1));
+    let mut undecodable = Vec::new();
+    let mut tiny = Vec::new();
+    let mut by_hash: HashMap<[u8; 32], BTreeSet<PathBuf>> = HashMap::new();
+    for (path, f) in items.paths.iter().zip(files) {
+        match f {
+            Err(e) => undecodable.push((path.clone(), e)),
+            Ok(s) => {
+                by_hash.entry(s.hash).or_default().insert(path.clone());
+                if s.width.min(s.height) < min_size { tiny.push((path.clone(), s.width, s.height)); }
+            }
+        }
+    }
+    let mut duplicates: Vec<Vec<PathBuf>> = by_hash.into_values().filter(|g| g.len() > 1).map(|g| g.into_iter().collect()).collect();
+    duplicates.sort();
+    Ok(DataCheck {
+        n_items: n,
+        counts: counts.into_iter().map(|(l, (t, v))| (l, t, v)).collect(),
+        undecodable, label_misses, valid_only, duplicates, tiny, min_size,
+    })
+}
+
+struct Scan {
+    hash: [u8; 32],
+    width: u32,
+    height: u32,
+}
+
+/// Reads, hashes and decodes every file, `workers` threads, results in input order.
+fn scan_files(paths: &[PathBuf], workers: usize) -> Vec<Result<Scan, String>> {
+    let chunk = paths.len().div_ceil(workers).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = paths.chunks(chunk).map(|c| s.spawn(move || c.iter().map(|p| scan(p)).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+fn scan(path: &std::path::Path) -> Result<Scan, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    let (img, _) = decode_bytes(&bytes).map_err(|e| format!("{e:#}"))?;
+    Ok(Scan { hash, width: img.width(), height: img.height() })
+}
+
+impl fmt::Display for DataCheck {
+    /// The report as `kestrel check-data` prints it: counts, then one block per kind of
+    /// problem (at most 20 lines each), then a one-line verdict.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (t, v): (usize, usize) = self.counts.iter().fold((0, 0), |a, c| (a.0 + c.1, a.1 + c.2));
+        writeln!(f, "{} items, {} labels; {t} training, {v} validation", self.n_items, self.counts.len())?;
+        writeln!(f, "{:<32} {:>6} {:>6}", "label", "train", "valid")?;
+        for (l, t, v) in &self.counts { writeln!(f, "{l:<32} {t:>6} {v:>6}")?; }
+        let list = |f: &mut fmt::Formatter<'_>, title: String, lines: Vec<String>| -> fmt::Result {
+            if lines.is_empty() { return Ok(()); }
+            writeln!(f, "\n{title} ({}):", lines.len())?;
+            for l in lines.iter().take(20) { writeln!(f, "  {l}")?; }
+            if lines.len() > 20 { writeln!(f, "  … and {} more", lines.len() - 20)?; }
+            Ok(())
+        };
+        list(f, "undecodable files".into(), self.undecodable.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
+        list(f, "labeller misses".into(), self.label_misses.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
+        list(f, "labels only in the validation set".into(), self.valid_only.clone())?;
+        list(f, "duplicates (same content)".into(), self.duplicates.iter()
+            .map(|g| g.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" = ")).collect())?;
+        list(f, format!("tiny images (smaller than {} px)", self.min_size),
+             self.tiny.iter().map(|(p, w, h)| format!("{}: {w}×{h}", p.display())).collect())?;
+        match self.n_problems() {
+            0 => writeln!(f, "\nno problems found"),
+            n => writeln!(f, "\n{n} problems found"),
+        }
+    }
+}

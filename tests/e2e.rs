@@ -1,0 +1,169 @@
+//! End to end: `kestrel fine-tune` on a tiny synthetic dataset (every output file, the
+//! report with its images inlined), Ctrl-C-equivalent interrupt and `--resume`, and
+//! `kestrel check-data` on a folder with one problem of each kind.
+
+use image::{Rgb, RgbImage};
+use kestrel::data::check::check_data;
+use kestrel::data::{DataBlock, Labeller, Source, Splitter};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kestrel");
+
+/// A 48×48 image of `class` (0 red square, 1 green disc, 2 blue bar) at a position set by `k`.
+fn shape(class: usize, k: u32, side: u32) -> RgbImage {
+    let mut img = RgbImage::from_pixel(side, side, Rgb([230, 230, 230]));
+    let (cx, cy) = (12 + (k * 7) % 24, 12 + (k * 11) % 24);
+    for y in 0..side {
+        for x in 0..side {
+            let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
+            let inside = match class { 0 => dx.abs() < 9 && dy.abs() < 9, 1 => dx * dx + dy * dy < 100, _ => dx.abs() < 14 && dy.abs() < 4 };
+            if inside {
+                img.put_pixel(x, y, [Rgb([200, 30, 30]), Rgb([30, 180, 40]), Rgb([30, 40, 200])][class.min(2)]);
+            }
+        }
+    }
+    img
+}
+
+const CLASSES: [&str; 3] = ["red", "green", "blue"];
+
+/// `n` images per class named `<class>_<k>.png` in `dir`.
+fn shapes_folder(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (c, name) in CLASSES.iter().enumerate() {
+        for k in 0..n {
+            shape(c, k, 48).save(dir.join(format!("{name}_{k}.png"))).unwrap();
+        }
+    }
+}
+
+fn kestrel(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).env("OMP_NUM_THREADS", "2").env_remove("KESTREL_INTERRUPT_AFTER");
+    for (k, v) in env { c.env(k, v); }
+    let o = c.output().expect("run kestrel");
+    eprintln!("--- kestrel {}\n{}{}", args.join(" "), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn fine_tune_args<'a>(images: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["fine-tune", "--folder", images, "--label-re", r"^(.+)_\d+\.png$", "--arch", "resnet18", "--no-pretrained",
+         "--presize", "40", "--size", "32", "--bs", "8", "--workers", "2", "--epochs", "1", "--freeze-epochs", "1",
+         "--lr-find-iters", "20", "--seed", "7", "--out", out]
+}
+
+#[test]
+fn fine_tune_writes_every_output_and_report_inlines_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes_folder(&images, 12);
+    let out = tmp.path().join("run");
+    let o = kestrel(&fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), &[]);
+    assert!(o.status.success());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("epoch") && stdout.contains("error_rate"), "fastai's table is printed");
+    assert!(stdout.contains("report: "), "says where the report is");
+    for f in ["model.pth", "lr_find.png", "loss.png", "show_batch.png", "metrics.csv", "report.html"] {
+        assert!(out.join(f).is_file(), "{f} is written");
+    }
+    assert!(!out.join("checkpoint.pth").exists(), "a finished run leaves no resume checkpoint");
+    for png in ["lr_find.png", "loss.png", "show_batch.png"] {
+        let img = image::open(out.join(png)).unwrap();
+        assert!(img.width() >= 64 && img.height() >= 64, "{png} is a real picture");
+    }
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().filter(|l| !l.starts_with("epoch")).collect();
+    assert_eq!(rows.len(), 2, "one frozen + one unfrozen epoch: {csv}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 3, "show_batch, lr_find and loss inlined");
+    assert!(!html.contains("src=\"http") && !html.contains("src=\"file"), "no external image");
+    for s in ["resnet18", "Training (frozen body)", "Training (unfrozen)", "final error_rate"] {
+        assert!(html.contains(s), "report shows {s}");
+    }
+}
+
+#[test]
+fn interrupt_writes_checkpoint_and_printed_command_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes_folder(&images, 12);
+    let out = tmp.path().join("run");
+    // Interrupt in the unfrozen phase after its 2nd batch: 3 training batches per epoch
+    // (29 training images, bs 8, drop_last), 1 frozen epoch.
+    let o = kestrel(&fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), &[("KESTREL_INTERRUPT_AFTER", "5")]);
+    assert!(!o.status.success(), "an interrupted run exits non-zero");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(out.join("checkpoint.pth").is_file());
+    let cmd = stderr.lines().skip_while(|l| !l.contains("resume with:")).nth(1).expect("the resume command is printed").trim();
+    assert!(cmd.starts_with("kestrel fine-tune ") && cmd.ends_with("--resume") && cmd.contains("--lr "), "{cmd}");
+    let status = Command::new("sh").arg("-c").arg(cmd.replacen("kestrel", BIN, 1)).env_remove("KESTREL_INTERRUPT_AFTER").output().unwrap();
+    eprintln!("{}{}", String::from_utf8_lossy(&status.stdout), String::from_utf8_lossy(&status.stderr));
+    assert!(status.status.success(), "the printed command resumes and finishes");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("resuming at phase 1, epoch 0, batch 2"));
+    assert!(out.join("report.html").is_file() && out.join("model.pth").is_file());
+    assert!(!out.join("checkpoint.pth").exists());
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().filter(|l| !l.starts_with("epoch")).count(), 2, "frozen epoch before the interrupt + resumed epoch: {csv}");
+}
+
+/// A CSV dataset with one problem of each kind.
+fn crafted(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rows = vec!["fname,is_valid".to_string()];
+    let mut add = |name: &str, valid: bool| rows.push(format!("{name},{valid}"));
+    for k in 0..4 {
+        for (c, name) in CLASSES.iter().take(2).enumerate() {
+            shape(c, k, 48).save(dir.join(format!("{name}_{k}.png"))).unwrap();
+            add(&format!("{name}_{k}.png"), k == 3);
+        }
+    }
+    shape(2, 0, 48).save(dir.join("blue_0.png")).unwrap(); // label only in validation
+    add("blue_0.png", true);
+    std::fs::write(dir.join("red_9.png"), b"\x89PNG\r\n\x1a\n not really").unwrap(); // corrupt
+    add("red_9.png", false);
+    std::fs::copy(dir.join("red_1.png"), dir.join("red_5.png")).unwrap(); // duplicate
+    add("red_5.png", false);
+    shape(1, 5, 16).save(dir.join("green_7.png")).unwrap(); // tiny
+    add("green_7.png", false);
+    shape(1, 6, 48).save(dir.join("oops.png")).unwrap(); // regex miss
+    add("oops.png", false);
+    let csv = dir.join("labels.csv");
+    std::fs::write(&csv, rows.join("\n")).unwrap();
+    csv
+}
+
+#[test]
+fn check_data_reports_each_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("crafted");
+    let csv = crafted(&dir);
+    let block = DataBlock::new(
+        Source::Csv { file: csv.clone(), fn_col: "fname".into(), pref: None, suffix: String::new() },
+        Labeller::name_regex(r"^(.+)_\d+\.png$").unwrap(),
+    ).splitter(Splitter::Col("is_valid".into())).workers(2);
+    let r = check_data(&block, 32).unwrap();
+    assert_eq!(r.n_items, 13);
+    assert_eq!(r.counts, vec![("blue".into(), 0, 1), ("green".into(), 4, 1), ("red".into(), 5, 1)]);
+    assert_eq!(r.valid_only, vec!["blue".to_string()]);
+    assert_eq!(r.undecodable.len(), 1);
+    assert!(r.undecodable[0].0.ends_with("red_9.png"));
+    assert_eq!(r.label_misses.len(), 1);
+    assert!(r.label_misses[0].0.ends_with("oops.png") && r.label_misses[0].1.contains("does not match"));
+    assert_eq!(r.duplicates, vec![vec![dir.join("red_1.png"), dir.join("red_5.png")]]);
+    assert_eq!(r.tiny, vec![(dir.join("green_7.png"), 16, 16)]);
+    assert_eq!(r.n_problems(), 5);
+
+    let o = kestrel(&["check-data", "--csv", csv.to_str().unwrap(), "--label-from", "name-re", "--label-re", r"^(.+)_\d+\.png$",
+                      "--valid-col", "is_valid", "--size", "32"], &[]);
+    assert!(!o.status.success(), "problems give a non-zero exit");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for s in ["undecodable files (1)", "labeller misses (1)", "labels only in the validation set (1)", "duplicates (same content) (1)",
+              "tiny images (smaller than 32 px) (1)", "green_7.png: 16×16", "5 problems found"] {
+        assert!(stdout.contains(s), "report has '{s}'");
+    }
+    let clean = tmp.path().join("clean");
+    shapes_folder(&clean, 3);
+    let o = kestrel(&["check-data", "--folder", clean.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$", "--size", "32"], &[]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no problems found"));
+}
