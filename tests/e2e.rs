@@ -64,7 +64,7 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("epoch") && stdout.contains("error_rate"), "fastai's table is printed");
     assert!(stdout.contains("report: "), "says where the report is");
-    for f in ["model.pth", "lr_find.png", "loss.png", "show_batch.png", "metrics.csv", "report.html"] {
+    for f in ["model.safetensors", "lr_find.png", "loss.png", "show_batch.png", "metrics.csv", "report.html", "confusion_matrix.png", "top_losses.png"] {
         assert!(out.join(f).is_file(), "{f} is written");
     }
     assert!(!out.join("checkpoint.pth").exists(), "a finished run leaves no resume checkpoint");
@@ -76,11 +76,19 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
     let rows: Vec<&str> = csv.lines().filter(|l| !l.starts_with("epoch")).collect();
     assert_eq!(rows.len(), 2, "one frozen + one unfrozen epoch: {csv}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 3, "show_batch, lr_find and loss inlined");
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5, "show_batch, lr_find, loss, confusion matrix and top losses inlined");
+    assert!(html.contains("Most confused") && html.contains("Classification report"));
     assert!(!html.contains("src=\"http") && !html.contains("src=\"file"), "no external image");
     for s in ["resnet18", "Training (frozen body)", "Training (unfrozen)", "final error_rate"] {
         assert!(html.contains(s), "report shows {s}");
     }
+    // The exported model predicts in another process, from the file alone.
+    let photo = std::fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
+    let model = out.join("model.safetensors");
+    let p = kestrel(&["predict", model.to_str().unwrap(), photo.to_str().unwrap(), "--json", "--device", "cpu"], &[]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&p.stdout).lines().next().unwrap()).unwrap();
+    assert!(line["label"].is_string() && line["top"].as_array().is_some_and(|t| !t.is_empty()), "{line}");
 }
 
 #[test]
@@ -101,7 +109,7 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
     eprintln!("{}{}", String::from_utf8_lossy(&status.stdout), String::from_utf8_lossy(&status.stderr));
     assert!(status.status.success(), "the printed command resumes and finishes");
     assert!(String::from_utf8_lossy(&status.stdout).contains("resuming at phase 1, epoch 0, batch 2"));
-    assert!(out.join("report.html").is_file() && out.join("model.pth").is_file());
+    assert!(out.join("report.html").is_file() && out.join("model.safetensors").is_file());
     assert!(!out.join("checkpoint.pth").exists());
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().filter(|l| !l.starts_with("epoch")).count(), 2, "frozen epoch before the interrupt + resumed epoch: {csv}");

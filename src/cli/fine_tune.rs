@@ -8,7 +8,10 @@ use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
 use crate::models::Arch;
+use crate::export::{ArchSpec, AugSpec, InferenceTransforms, ModelCard, TrainingSummary, export, utc_now_iso8601};
+use crate::interpret::{ClassificationInterpretation, get_preds, plot_confusion_matrix, plot_top_losses};
 use crate::models::zoo::weights_file;
+use crate::report::Section;
 use anyhow::{Context, bail};
 use clap::Args;
 use std::path::PathBuf;
@@ -17,8 +20,8 @@ use std::time::Instant;
 
 /// Name of the resumable checkpoint in `--out` (`checkpoint.pth`).
 pub const CHECKPOINT: &str = "checkpoint";
-/// Name of the trained model's checkpoint in `--out` (`model.pth`).
-pub const MODEL: &str = "model";
+/// File name of the exported model in `--out` (read by `kestrel predict`, `Predictor::load`).
+pub const MODEL_FILE: &str = "model.safetensors";
 
 /// Arguments of `kestrel fine-tune`.
 #[derive(Args, Debug, Clone)]
@@ -155,7 +158,8 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
     }
-    finish(&mut learn, args, arch, lr, fit_secs, &out)
+    let valid_items: Vec<PathBuf> = dls.datasets.valid.iter().map(|&i| dls.datasets.items.paths[i].clone()).collect();
+    finish(&mut learn, args, arch, lr, fit_secs, &valid_items, &out)
 }
 
 /// Runs `lr_find` (restoring the weights afterwards), draws lr_find.png, and returns the
@@ -180,22 +184,78 @@ fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixe
     })
 }
 
-/// After training: the model checkpoint, loss.png and report.html.
-fn finish(learn: &mut Learner, args: &FineTuneArgs, arch: Arch, lr: f64, fit_secs: f64, out: &std::path::Path) -> crate::Result<FineTuneResult> {
-    learn.save(MODEL, None)?;
-    // INTEGRATION POINT (issue 6, branch `interpret`, not yet on main): here go
-    // `interpret::get_preds(model, dls.valid)` → `ClassificationInterpretation` →
-    // confusion_matrix.png, top_losses.png, most_confused and the classification report
-    // (as RUN_IMAGES entries and Text sections of the report), and
-    // `export::export(out/"model.safetensors", ...)` for `kestrel predict`.
+/// After training: the exported model (`model.safetensors`), loss.png, the interpretation
+/// of the validation set (confusion_matrix.png, top_losses.png, most_confused, the
+/// classification report) and report.html.
+fn finish(
+    learn: &mut Learner,
+    args: &FineTuneArgs,
+    arch: Arch,
+    lr: f64,
+    fit_secs: f64,
+    valid_items: &[PathBuf],
+    out: &std::path::Path,
+) -> crate::Result<FineTuneResult> {
     learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
     let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
-    let error_rate = learn.recorder.values.last().and_then(|v| v.get(col)).copied().unwrap_or(f64::NAN);
+    let last = learn.recorder.values.last().cloned().unwrap_or_default();
+    let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
+    let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
+    export_model(learn, args, arch, metrics, &out.join(MODEL_FILE))?;
+    let extra = interpret_valid(learn, valid_items, out)?;
     let settings = settings(args, arch, lr, learn);
-    write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs })?;
+    write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
     Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr })
+}
+
+/// Writes the self-contained model file (weights + architecture, vocabulary, inference
+/// transforms and a training summary) that `kestrel predict` and `Predictor::load` read.
+fn export_model(
+    learn: &Learner,
+    args: &FineTuneArgs,
+    arch: Arch,
+    metrics: std::collections::BTreeMap<String, f64>,
+    path: &std::path::Path,
+) -> crate::Result<()> {
+    let norm = vision_batch_tfms(arch, args.size, args.min_scale)?;
+    let n = norm.normalize();
+    let aug = norm.aug().map(AugSpec::from);
+    let card = ModelCard {
+        arch: ArchSpec { name: arch.name().to_string(), n_out: learn.dls.vocab.len(), hyper: serde_json::Value::Null },
+        vocab: learn.dls.vocab.items().to_vec(),
+        transforms: InferenceTransforms {
+            presize: args.data.presize,
+            size: args.size as u32,
+            resize_method: "crop".into(),
+            pad_mode: "reflection".into(),
+            mean: n.mean,
+            std: n.std,
+            augment: aug,
+        },
+        training: Some(TrainingSummary { epochs: args.freeze_epochs + args.epochs, metrics, date: utc_now_iso8601() }),
+    };
+    export(path, learn.model.as_ref(), &card)
+}
+
+/// fastai `ClassificationInterpretation` of the validation set: writes
+/// confusion_matrix.png and top_losses.png and returns the report's most_confused table
+/// and classification report.
+fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Path) -> crate::Result<Vec<Section>> {
+    let preds = get_preds(learn.model.as_ref(), learn.dls.valid.as_ref())?;
+    let interp = ClassificationInterpretation::new(&preds, learn.dls.vocab.items().to_vec(), valid_items.to_vec())?;
+    plot_confusion_matrix(&interp, &out.join("confusion_matrix.png"), false)?;
+    plot_top_losses(&interp, 9, &out.join("top_losses.png"))?;
+    let rows = interp.most_confused(1).into_iter().map(|(a, p, c)| vec![a, p, c.to_string()]).collect();
+    Ok(vec![
+        Section::Table {
+            title: "Most confused (fastai most_confused(min_val=1))".into(),
+            header: vec!["actual".into(), "predicted".into(), "count".into()],
+            rows,
+        },
+        Section::Text { title: "Classification report".into(), body: interp.classification_report().to_string() },
+    ])
 }
 
 fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner) -> Vec<(String, String)> {

@@ -1,5 +1,5 @@
-//! `kestrel predict`: top-5 ImageNet classes of photos with a pretrained network
-//! (`--imagenet`).
+//! `kestrel predict`: predictions of an exported model (`kestrel predict MODEL PATH...`),
+//! or the top-5 ImageNet classes of photos with a pretrained network (`--imagenet`).
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use crate::models::weights::load_state_dict;
 use crate::models::zoo::weights_file;
 use crate::models::imagenet::{ImagenetClassifier, class_names, load_center_crop, normalize, top_k};
 use crate::util::device::parse_device;
+use super::predict_model::PredictModelOptions;
 
 /// Arguments of `kestrel predict`.
 #[derive(Args, Debug)]
@@ -34,11 +35,28 @@ pub struct PredictArgs {
     /// {"file": ..., "top": [{"label": ..., "index": ..., "prob": ...}, ...]}.
     #[arg(long)]
     pub json: bool,
+    /// With a model file: number of most probable classes shown per photo.
+    #[arg(long, default_value_t = 3)]
+    pub topk: usize,
+    /// With a model file: also write every prediction to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// With a model file: test-time augmentation (fastai `Learner.tta(n=4, beta=0.25)`):
+    /// the mean of 4 augmented predictions blended with the plain one.
+    #[arg(long)]
+    pub tta: bool,
+    /// With a model file: photos per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub bs: usize,
+    /// With a model file: threads decoding photos (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// Where to run the network: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Photos to classify (JPEG, PNG, …).
-    #[arg(required = true, value_name = "PHOTO")]
+    /// Without --imagenet: the exported model file (`model.safetensors` from `kestrel
+    /// fine-tune`) followed by photos or folders of photos. With --imagenet: photos.
+    #[arg(required = true, value_name = "MODEL|PHOTO")]
     pub photos: Vec<PathBuf>,
 }
 
@@ -50,7 +68,19 @@ pub fn run(args: PredictArgs) -> crate::Result<()> {
     if args.imagenet {
         return run_imagenet(&args);
     }
-    bail!("kestrel predict needs --imagenet (prediction with a trained model is not built yet)")
+    let Some((model, inputs)) = args.photos.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+        bail!("kestrel predict MODEL PATH...: give the model file and at least one photo or folder (or --imagenet)");
+    };
+    let opts = PredictModelOptions {
+        topk: args.topk,
+        csv: args.csv.clone(),
+        json: args.json,
+        tta: args.tta,
+        device: parse_device(&args.device)?,
+        bs: args.bs,
+        workers: args.workers.unwrap_or_else(crate::util::threads::default_workers),
+    };
+    super::predict_model::run(model, inputs, &opts)
 }
 
 /// Number of photos per forward pass.

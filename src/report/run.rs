@@ -16,14 +16,18 @@ pub struct RunFiles {
     pub error_rate: f64,
     /// Wall time of `fine_tune`, seconds.
     pub fit_secs: f64,
+    /// Sections after the images (most_confused, the classification report).
+    pub extra: Vec<Section>,
 }
 
 /// The images of a run, in report order: (file, heading). Missing files are left out
 /// (`lr_find.png` when the sweep was too short).
-pub const RUN_IMAGES: [(&str, &str); 3] = [
+pub const RUN_IMAGES: [(&str, &str); 5] = [
     ("show_batch.png", "A training batch (show_batch)"),
     ("lr_find.png", "Learning-rate finder (lr_find)"),
     ("loss.png", "Training and validation loss (plot_loss)"),
+    ("confusion_matrix.png", "Confusion matrix of the validation set (plot_confusion_matrix)"),
+    ("top_losses.png", "Top losses: predicted / actual / loss / probability (plot_top_losses)"),
 ];
 
 /// Writes `out/report.html`: the settings, the final error rate and time, one table per
@@ -45,6 +49,7 @@ pub fn write_run_report(run: &RunFiles) -> crate::Result<()> {
             r.image_file(title, &p)?;
         }
     }
+    r.sections.extend(run.extra.iter().cloned());
     r.write(&run.out.join("report.html"))
 }
 
