@@ -144,17 +144,24 @@ impl Optimizer {
                 }
                 match kind {
                     OptKind::Adam => {
+                        // fastai's formulas with in-place ops and one temporary per parameter:
+                        // grad_avg = mom·grad_avg + (1 − mom)·g (lerp), sqr_avg likewise with g²,
+                        // p −= lr/debias1 · grad_avg / (√(sqr_avg/debias2) + eps).
                         let ga = p.grad_avg.get_or_insert_with(|| g.zeros_like());
-                        let _ = ga.g_mul_scalar_(h.mom);
-                        let _ = ga.g_add_(&(&g * (1.0 - h.mom)));
+                        let _ = ga.lerp_(&g, 1.0 - h.mom);
+                        let mut tmp = &g * &g;
                         let sa = p.sqr_avg.get_or_insert_with(|| g.zeros_like());
-                        let _ = sa.g_mul_scalar_(h.sqr_mom);
-                        let _ = sa.g_add_(&(&(&g * (1.0 - h.sqr_mom)) * &g));
+                        let _ = sa.lerp_(&tmp, 1.0 - h.sqr_mom);
                         p.step += 1;
                         let debias1 = debias(h.mom, 1.0 - h.mom, p.step);
                         let debias2 = debias(h.sqr_mom, 1.0 - h.sqr_mom, p.step);
-                        let denom = (&*sa / debias2).sqrt() + h.eps;
-                        let _ = t.addcdiv_(&(&*ga * (-h.lr / debias1)), &denom);
+                        if h.lr != 0.0 {
+                            let _ = sa.sqrt_out(&tmp);
+                            let _ = tmp.g_div_scalar_(debias2.sqrt());
+                            let _ = tmp.g_add_scalar_(h.eps);
+                            let _ = tmp.g_mul_scalar_(-debias1 / h.lr);
+                            let _ = t.addcdiv_(&*ga, &tmp);
+                        }
                     }
                     OptKind::Sgd if h.mom != 0.0 => {
                         let ga = p.grad_avg.get_or_insert_with(|| g.zeros_like());
