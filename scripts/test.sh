@@ -6,4 +6,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
-cargo test --all-targets "$@"
+cargo test --lib --bins --tests --examples "$@"
+# Benchmarks are compiled, not run here (they take minutes): `cargo bench --profile dev`.
+cargo test --benches --no-run
