@@ -14,7 +14,6 @@ use std::process::Command;
 use std::time::Instant;
 use tch::Device;
 
-const REF_PYTHON: &str = "/root/.cache/kestrel/ref-venv/bin/python";
 
 fn main() -> kestrel::Result<()> {
     let Some(pets) = kestrel::util::testdata::pets_sample_or_skip("bench interpret") else { return Ok(()) };
@@ -43,7 +42,7 @@ fn main() -> kestrel::Result<()> {
             pad_mode: "reflection".into(),
             mean: norm.mean.map(f64::from),
             std: norm.std.map(f64::from),
-            augment: Some((&kestrel::transforms::aug_transforms().with_min_scale(0.75)).into()),
+            augment: Some(kestrel::transforms::aug_transforms().with_min_scale(0.75)),
         },
         training: None,
     };
@@ -61,11 +60,11 @@ fn main() -> kestrel::Result<()> {
     println!("kestrel predict (Lite0, 2 threads): {} photos ({ok} ok) in {secs:.2} s = {kestrel_ips:.2} images/s", paths.len());
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ref/interpret_bench.py");
-    if !std::path::Path::new(REF_PYTHON).exists() {
-        println!("skipped the baseline: {REF_PYTHON} (reference venv) is not on this machine");
+    let Some(ref_python) = kestrel::util::testdata::venv_python("ref-venv") else {
+        println!("skipped the baseline: the reference venv (scripts/ref/make-venv.sh) is not on this machine");
         return Ok(());
-    }
-    let out = Command::new(REF_PYTHON)
+    };
+    let out = Command::new(ref_python)
         .arg(&script)
         .arg(&images)
         .arg(threads.to_string())

@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo bench --profile dev --bench learner` (`KESTREL_BENCH_STEPS` timed steps,
 //! default 3; `KESTREL_BENCH_ARCH=resnet34` or `efficientnet_lite0` for one model). Needs
-//! /root/.cache/kestrel/venv-torch-2.11.0/bin/python for the baseline
+//! the python of scripts/setup.sh's venv for the baseline
 //! (`KESTREL_BENCH_PYTHON` overrides); without it only kestrel's numbers are printed.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a tiny smoke run.
 
@@ -52,11 +52,12 @@ impl kestrel::callbacks::Callback for StopAfterTrain {
 }
 
 fn python_img_per_s(c: Cfg) -> Option<f64> {
-    let py = std::env::var("KESTREL_BENCH_PYTHON").unwrap_or_else(|_| "/root/.cache/kestrel/venv-torch-2.11.0/bin/python".into());
-    if !std::path::Path::new(&py).is_file() {
-        eprintln!("skipped: PyTorch baseline needs {py} (set KESTREL_BENCH_PYTHON)");
+    let py = std::env::var_os("KESTREL_BENCH_PYTHON").map(std::path::PathBuf::from)
+        .or_else(|| kestrel::util::testdata::venv_python("venv-torch-2.11.0"));
+    let Some(py) = py.filter(|p| p.is_file()) else {
+        eprintln!("skipped: the PyTorch baseline needs the venv of scripts/setup.sh (or KESTREL_BENCH_PYTHON)");
         return None;
-    }
+    };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench/learner_step.py");
     let flag = |b: bool| if b { "1" } else { "0" };
     let out = std::process::Command::new(&py)

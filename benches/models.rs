@@ -1,11 +1,10 @@
 //! Inference speed of ResNet-34 and EfficientNet-Lite0 (224², batch 32, 2 threads, eval
 //! mode, random weights) in kestrel and in PyTorch (benches/models_torch.py run by the
-//! kestrel venv's python, same threads), in the same run; prints images/s and the ratio
+//! python of scripts/setup.sh's venv, same threads), in the same run; prints images/s and the ratio
 //! kestrel / PyTorch (target ≥ 0.95). Each side reports its best of `ITERS` batches.
 //!
 //! Run: `cargo bench --bench models`. Without the venv python the PyTorch side is skipped.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -17,7 +16,6 @@ const THREADS: i64 = 2;
 const BATCH: i64 = 32;
 const SIZE: i64 = 224;
 const ITERS: usize = 5;
-const PYTHON: &str = "/root/.cache/kestrel/venv-torch-2.11.0/bin/python";
 
 fn kestrel_best(arch: Arch) -> f64 {
     let model = ImagenetClassifier::new(arch, Device::Cpu).expect("model");
@@ -35,13 +33,13 @@ fn kestrel_best(arch: Arch) -> f64 {
 }
 
 fn torch_best() -> Option<serde_json::Value> {
-    if !Path::new(PYTHON).exists() {
-        println!("skipped: the PyTorch baseline needs {PYTHON} (not on this machine)");
+    let Some(python) = kestrel::util::testdata::venv_python("venv-torch-2.11.0") else {
+        println!("skipped: the PyTorch baseline needs the venv of scripts/setup.sh (not on this machine)");
         return None;
-    }
+    };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/models_torch.py");
     let args = [THREADS, BATCH, SIZE, ITERS as i64].map(|v| v.to_string());
-    let out = Command::new(PYTHON).arg(script).args(&args).output().expect("run python");
+    let out = Command::new(python).arg(script).args(&args).output().expect("run python");
     if !out.status.success() {
         println!("PyTorch baseline failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;

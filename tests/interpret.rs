@@ -86,7 +86,7 @@ fn card(vocab: &[&str]) -> ModelCard {
             pad_mode: "reflection".into(),
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
-            augment: Some((&kestrel::transforms::aug_transforms().with_min_scale(0.75)).into()),
+            augment: Some(kestrel::transforms::aug_transforms().with_min_scale(0.75)),
         },
         training: Some(TrainingSummary {
             epochs: 2,

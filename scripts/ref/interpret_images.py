@@ -1,6 +1,6 @@
 """Writes tests/fixtures/interpret/cmyk.jpg: a small CMYK JPEG (Adobe APP14 marker), which
 no Rust crate in kestrel's dependencies can encode, for the predict colour-mode test.
-  /root/.cache/kestrel/ref-venv/bin/python scripts/ref/interpret_images.py
+  "$(bash scripts/ref/make-venv.sh)" scripts/ref/interpret_images.py
 """
 from PIL import Image
 

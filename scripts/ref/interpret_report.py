@@ -1,7 +1,7 @@
 """Reference for tests/interpret.rs: scikit-learn's classification_report (what fastai's
 ClassificationInterpretation.print_classification_report prints) and fastai's
 most_confused on a small hand-made case. Run with the reference venv:
-  /root/.cache/kestrel/ref-venv/bin/python scripts/ref/interpret_report.py > tests/fixtures/interpret/report.json
+  "$(bash scripts/ref/make-venv.sh)" scripts/ref/interpret_report.py > tests/fixtures/interpret/report.json
 """
 import json, warnings
 import numpy as np

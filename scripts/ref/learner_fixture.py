@@ -1,6 +1,6 @@
 """Reference values for tests/learner.rs, computed with fastai 2.8.12 / PyTorch 2.11.0.
 
-Run with the ref venv: /root/.cache/kestrel/ref-venv/bin/python scripts/ref/learner_fixture.py
+Run with the ref venv: "$(bash scripts/ref/make-venv.sh)" scripts/ref/learner_fixture.py
 Writes tests/fixtures/learner/{schedules,optim,lr_find,losses}.json.
 """
 import json, math, os

@@ -3,7 +3,7 @@
 
 Weights and inputs are not stored: both sides fill them from the same formula (`fill`,
 `inputs` below; Rust: tests/models.rs), so the fixture stays small. Run with the ref venv:
-    /root/.cache/kestrel/ref-venv/bin/python scripts/ref/models_fixture.py
+    "$(bash scripts/ref/make-venv.sh)" scripts/ref/models_fixture.py
 """
 import json, math, os
 import torch, torchvision

@@ -1,7 +1,7 @@
 """Writes the weight-file fixtures of tests/weights.rs into tests/fixtures/weights/.
 
 Run with the reference venv (torch 2.11.0):
-    /root/.cache/kestrel/ref-venv/bin/python scripts/ref/weights_fixture.py
+    "$(bash scripts/ref/make-venv.sh)" scripts/ref/weights_fixture.py
 
 - tiny.pth / tiny_legacy.pth / tiny.safetensors: one small state dict (f32, f16, bf16,
   i64, bool, u8, a scalar, a transposed view, an offset slice, two tensors sharing one

@@ -8,7 +8,7 @@ use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
 use crate::models::Arch;
-use crate::export::{ArchSpec, AugSpec, InferenceTransforms, ModelCard, TrainingSummary, export, utc_now_iso8601};
+use crate::export::{ArchSpec, InferenceTransforms, ModelCard, TrainingSummary, export, utc_now_iso8601};
 use crate::interpret::{ClassificationInterpretation, get_preds, plot_confusion_matrix, plot_top_losses};
 use crate::models::zoo::weights_file;
 use crate::report::Section;
@@ -107,7 +107,8 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
 }
 
 /// The whole run: data, learner, lr_find (lr_find.png), `fine_tune` with the progress
-/// table, then loss.png, show_batch.png, metrics.csv, `model.pth` and report.html in `--out`.
+/// table, then loss.png, show_batch.png, metrics.csv, `model.safetensors`, the interpretation
+/// PNGs and report.html in `--out`.
 /// On Ctrl-C the current batch finishes, `checkpoint.pth` is written and the error says
 /// the command that resumes.
 ///
@@ -221,7 +222,7 @@ fn export_model(
 ) -> crate::Result<()> {
     let norm = vision_batch_tfms(arch, args.size, args.min_scale)?;
     let n = norm.normalize();
-    let aug = norm.aug().map(AugSpec::from);
+    let aug = norm.aug().cloned();
     let card = ModelCard {
         arch: ArchSpec { name: arch.name().to_string(), n_out: learn.dls.vocab.len(), hyper: serde_json::Value::Null },
         vocab: learn.dls.vocab.items().to_vec(),
@@ -322,17 +323,5 @@ fn shell_quote(s: &str) -> String {
 
 /// `YYYYMMDD-HHMMSS` of the current UTC time (for the default output folder).
 fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // civil_from_days (H. Hinnant's algorithm)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60)
+    jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string()
 }

@@ -49,6 +49,8 @@ struct Inner {
     item_tfm: Option<ItemTfm>,
     train: bool,
     seed: u64,
+    skip_bad: bool,
+    skipped: AtomicUsize,
 }
 
 /// Mixes a seed and an epoch into one seed for per-item streams.
@@ -72,6 +74,40 @@ impl Inner {
         let (w, h) = img.dimensions();
         Ok((h, w, hwc_to_chw(img.as_raw(), (w * h) as usize)))
     }
+
+    /// Collates the loaded items `loaded` (item index, load result) of one batch into
+    /// CPU tensors: x (n, 3, H, W) `u8`, y (n) `i64`. With `skip_bad` failed items are
+    /// left out (logged and counted); `None` when none is left.
+    ///
+    /// Errors: a failed item (without `skip_bad`), naming its file; items of different
+    /// sizes, naming two of them.
+    fn collate(&self, loaded: Vec<(usize, crate::Result<ItemOut>)>) -> crate::Result<Option<(Tensor, Tensor)>> {
+        let mut items = Vec::with_capacity(loaded.len());
+        for (idx, r) in loaded {
+            match r {
+                Ok(it) => items.push((idx, it)),
+                Err(e) if self.skip_bad => {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("skip_bad: leaving out {}: {e:#}", self.paths[idx].display());
+                }
+                Err(e) => return Err(e.context(format!("loading item {}", self.paths[idx].display()))),
+            }
+        }
+        let Some((first, (h, w, _))) = items.first() else { return Ok(None) };
+        let (h, w) = (*h, *w);
+        for (idx, (ih, iw, _)) in &items {
+            if (*ih, *iw) != (h, w) {
+                bail!(
+                    "cannot collate {} ({iw}x{ih}) with {} ({w}x{h}): images of one batch need one size; add an item transform (Resize)",
+                    self.paths[*idx].display(),
+                    self.paths[*first].display()
+                );
+            }
+        }
+        let x = collate_u8(items.iter().map(|(_, (_, _, px))| px.as_slice()), items.len(), h, w);
+        let y = Tensor::from_slice(&items.iter().map(|(idx, _)| self.targets[*idx]).collect::<Vec<_>>());
+        Ok(Some((x, y)))
+    }
 }
 
 /// Interleaved RGB (H, W, 3) → planar (3, H, W).
@@ -87,12 +123,26 @@ fn hwc_to_chw(src: &[u8], n_px: usize) -> Vec<u8> {
     out
 }
 
+/// Stacks `n` CHW `u8` images of `h`×`w` into one (n, 3, h, w) `u8` CPU tensor with a
+/// single copy of the pixels (collation runs on the consuming thread, so every copy there
+/// is time the workers cannot hide).
+fn collate_u8<'a>(items: impl Iterator<Item = &'a [u8]>, n: usize, h: u32, w: u32) -> Tensor {
+    let item_len = 3 * h as usize * w as usize;
+    let x = Tensor::empty([n as i64, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu));
+    // SAFETY: `x` was just allocated, is contiguous, holds exactly n·item_len bytes and is
+    // not shared with anything else while the slice lives.
+    let dst = unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut u8, n * item_len) };
+    for (chunk, px) in dst.chunks_exact_mut(item_len).zip(items) {
+        chunk.copy_from_slice(px);
+    }
+    x
+}
+
 /// A loader over image files with integer targets; implements [`BatchSource`].
 pub struct ImageDataLoader {
     inner: Arc<Inner>,
     cfg: LoaderConfig,
     batch_tfms: Option<Arc<dyn BatchTransform>>,
-    skipped: Arc<AtomicUsize>,
 }
 
 impl ImageDataLoader {
@@ -114,8 +164,16 @@ impl ImageDataLoader {
         if cfg.bs == 0 {
             bail!("batch size must be at least 1");
         }
-        let inner = Arc::new(Inner { paths, targets, item_tfm, train: cfg.train, seed: cfg.seed });
-        Ok(Self { inner, cfg, batch_tfms, skipped: Arc::new(AtomicUsize::new(0)) })
+        let inner = Arc::new(Inner {
+            paths,
+            targets,
+            item_tfm,
+            train: cfg.train,
+            seed: cfg.seed,
+            skip_bad: cfg.skip_bad,
+            skipped: AtomicUsize::new(0),
+        });
+        Ok(Self { inner, cfg, batch_tfms })
     }
 
     /// The settings.
@@ -135,7 +193,7 @@ impl ImageDataLoader {
 
     /// Number of bad files left out so far (with `skip_bad`).
     pub fn n_skipped(&self) -> usize {
-        self.skipped.load(Ordering::Relaxed)
+        self.inner.skipped.load(Ordering::Relaxed)
     }
 
     /// The item order of pass `epoch`: a Fisher–Yates permutation from
@@ -162,31 +220,17 @@ impl ImageDataLoader {
         if idx >= self.inner.paths.len() {
             bail!("item {idx} out of range ({} items)", self.inner.paths.len());
         }
-        let items: Vec<(usize, ItemOut)> =
-            (0..self.cfg.bs).map(|k| Ok((idx, self.inner.load(idx, 0, k as u64)?))).collect::<crate::Result<_>>()?;
+        let path = &self.inner.paths[idx];
+        let loaded = (0..self.cfg.bs)
+            .map(|k| Ok((idx, Ok(self.inner.load(idx, 0, k as u64).with_context(|| format!("loading item {}", path.display()))?))))
+            .collect::<crate::Result<_>>()?;
+        let (x, y) = self.inner.collate(loaded)?.context("no item to show")?;
         let mut rng = derived(self.cfg.seed ^ 0x5EED_BA7C, 0);
-        self.finish(&items, &mut rng, true)
+        self.finish(x, y, &mut rng, true)
     }
 
-    /// Collates items into a `u8` batch on the device and runs the batch transforms.
-    fn finish(&self, items: &[(usize, ItemOut)], rng: &mut Rng, train: bool) -> crate::Result<Batch> {
-        let (h, w) = (items[0].1.0, items[0].1.1);
-        let mut buf = Vec::with_capacity(items.len() * 3 * (h * w) as usize);
-        let mut ys = Vec::with_capacity(items.len());
-        for (idx, (ih, iw, px)) in items {
-            if (*ih, *iw) != (h, w) {
-                bail!(
-                    "cannot collate {} ({iw}x{ih}) with {} ({w}x{h}): images of one batch need one size; add an item transform (Resize)",
-                    self.inner.paths[*idx].display(),
-                    self.inner.paths[items[0].0].display()
-                );
-            }
-            buf.extend_from_slice(px);
-            ys.push(self.inner.targets[*idx]);
-        }
-        let n = items.len() as i64;
-        let x = Tensor::f_from_data_size(&buf, &[n, 3, h as i64, w as i64], Kind::Uint8)?;
-        let y = Tensor::from_slice(&ys);
+    /// Moves a collated CPU batch to the device and runs the batch transforms.
+    fn finish(&self, x: Tensor, y: Tensor, rng: &mut Rng, train: bool) -> crate::Result<Batch> {
         let (x, y) = match self.cfg.device {
             Device::Cpu => (x, y),
             d @ Device::Cuda(_) => (x.f_pin_memory(d)?.f_to_device_(d, Kind::Uint8, true, false)?, y.f_to_device_(d, Kind::Int64, true, false)?),
@@ -219,6 +263,21 @@ impl BatchSource for ImageDataLoader {
     }
 }
 
+/// The loaded items of one batch, filled in by the workers in any order; the worker that
+/// loads its last item collates it (as PyTorch's DataLoader workers collate), so the
+/// consuming thread only moves finished batches on.
+struct Slot {
+    batch: usize,
+    loaded: std::sync::Mutex<Vec<Option<(usize, crate::Result<ItemOut>)>>>,
+    remaining: AtomicUsize,
+}
+
+/// A collated batch on the CPU, `None` when `skip_bad` left out every item.
+type Collated = crate::Result<Option<(Tensor, Tensor)>>;
+
+/// One item to load: its position in the batch's slot, its item index, its slot.
+type Task = (usize, usize, Arc<Slot>);
+
 /// The batches of one pass. Dropping it early stops and joins the workers.
 struct EpochIter<'a> {
     dl: &'a ImageDataLoader,
@@ -226,10 +285,10 @@ struct EpochIter<'a> {
     order: Vec<usize>,
     n_batches: usize,
     next_batch: usize,
-    submitted: usize,
-    pending: HashMap<usize, crate::Result<ItemOut>>,
-    tasks: Option<Sender<usize>>,
-    results: Option<Receiver<(usize, crate::Result<ItemOut>)>>,
+    submitted_batches: usize,
+    pending: HashMap<usize, Collated>,
+    tasks: Option<Sender<Task>>,
+    results: Option<Receiver<(usize, Collated)>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     rng: Rng,
@@ -246,7 +305,7 @@ impl<'a> EpochIter<'a> {
             order,
             n_batches: dl.n_batches(),
             next_batch: 0,
-            submitted: 0,
+            submitted_batches: 0,
             pending: HashMap::new(),
             tasks: None,
             results: None,
@@ -256,21 +315,27 @@ impl<'a> EpochIter<'a> {
             done: false,
         };
         if dl.cfg.workers > 0 {
-            let (task_tx, task_rx) = unbounded::<usize>();
+            let (task_tx, task_rx) = unbounded::<Task>();
             let (res_tx, res_rx) = unbounded();
-            let order = Arc::new(it.order.clone());
             for _ in 0..dl.cfg.workers {
-                let (task_rx, res_tx, stop, inner, order) =
-                    (task_rx.clone(), res_tx.clone(), stop.clone(), dl.inner.clone(), order.clone());
+                let (task_rx, res_tx, stop, inner) = (task_rx.clone(), res_tx.clone(), stop.clone(), dl.inner.clone());
                 it.workers.push(std::thread::spawn(move || {
-                    while let Ok(pos) = task_rx.recv() {
+                    while let Ok((k, idx, slot)) = task_rx.recv() {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        let idx = order[pos];
                         let r = inner.load(idx, epoch, idx as u64);
-                        if res_tx.send((pos, r)).is_err() {
-                            break;
+                        let full = {
+                            let mut loaded = slot.loaded.lock().unwrap_or_else(|e| e.into_inner());
+                            loaded[k] = Some((idx, r));
+                            slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+                        };
+                        if full {
+                            let loaded = std::mem::take(&mut *slot.loaded.lock().unwrap_or_else(|e| e.into_inner()));
+                            let collated = inner.collate(loaded.into_iter().flatten().collect());
+                            if res_tx.send((slot.batch, collated)).is_err() {
+                                break;
+                            }
                         }
                     }
                 }));
@@ -281,57 +346,56 @@ impl<'a> EpochIter<'a> {
         it
     }
 
-    fn batch_range(&self, b: usize) -> std::ops::Range<usize> {
+    fn batch_items(&self, b: usize) -> &[usize] {
         let bs = self.dl.cfg.bs;
-        b * bs..((b + 1) * bs).min(self.order.len())
+        &self.order[b * bs..((b + 1) * bs).min(self.order.len())]
     }
 
-    /// Submits item tasks up to the end of batch `next_batch + prefetch`.
+    /// Submits the items of every batch up to `next_batch + prefetch`.
     fn submit(&mut self) {
         let Some(tx) = &self.tasks else { return };
         let last = (self.next_batch + self.dl.cfg.prefetch.max(1)).min(self.n_batches - 1);
-        let end = self.batch_range(last).end;
-        while self.submitted < end {
-            if tx.send(self.submitted).is_err() {
-                break;
+        while self.submitted_batches <= last {
+            let b = self.submitted_batches;
+            let idxs = self.batch_items(b);
+            let slot = Arc::new(Slot {
+                batch: b,
+                loaded: std::sync::Mutex::new((0..idxs.len()).map(|_| None).collect()),
+                remaining: AtomicUsize::new(idxs.len()),
+            });
+            for (k, &idx) in idxs.iter().enumerate() {
+                if tx.send((k, idx, slot.clone())).is_err() {
+                    return;
+                }
             }
-            self.submitted += 1;
+            self.submitted_batches += 1;
         }
     }
 
-    fn item(&mut self, pos: usize) -> crate::Result<ItemOut> {
-        let idx = self.order[pos];
+    /// Batch `b` collated: by the workers, or here when there are none.
+    fn collated(&mut self, b: usize) -> Collated {
         let Some(rx) = &self.results else {
-            return self.dl.inner.load(idx, self.epoch, idx as u64);
+            let loaded = self.batch_items(b).iter().map(|&idx| (idx, self.dl.inner.load(idx, self.epoch, idx as u64))).collect();
+            return self.dl.inner.collate(loaded);
         };
         loop {
-            if let Some(r) = self.pending.remove(&pos) {
+            if let Some(r) = self.pending.remove(&b) {
                 return r;
             }
-            let (p, r) = rx.recv().map_err(|_| anyhow!("the data loader's worker threads stopped unexpectedly"))?;
-            self.pending.insert(p, r);
+            let (got, r) = rx.recv().map_err(|_| anyhow!("the data loader's worker threads stopped unexpectedly"))?;
+            self.pending.insert(got, r);
         }
     }
 
     fn next_batch(&mut self) -> Option<crate::Result<Batch>> {
         while self.next_batch < self.n_batches {
             self.submit();
-            let range = self.batch_range(self.next_batch);
+            let b = self.next_batch;
             self.next_batch += 1;
-            let mut items = Vec::with_capacity(range.len());
-            for pos in range {
-                let idx = self.order[pos];
-                match self.item(pos) {
-                    Ok(it) => items.push((idx, it)),
-                    Err(e) if self.dl.cfg.skip_bad => {
-                        self.dl.skipped.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("skip_bad: leaving out {}: {e:#}", self.dl.inner.paths[idx].display());
-                    }
-                    Err(e) => return Some(Err(e.context(format!("loading item {}", self.dl.inner.paths[idx].display())))),
-                }
-            }
-            if !items.is_empty() {
-                return Some(self.dl.finish(&items, &mut self.rng, self.dl.cfg.train));
+            match self.collated(b) {
+                Ok(Some((x, y))) => return Some(self.dl.finish(x, y, &mut self.rng, self.dl.cfg.train)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
             }
         }
         None

@@ -97,7 +97,7 @@ impl Predictor {
         }
         let device = model.var_store().device();
         let t = &card.transforms;
-        let aug = t.augment.as_ref().map(|a| a.to_aug(t.size as i64)).transpose()?;
+        let aug = t.augment.clone().map(|a| a.with_size(t.size as i64));
         let valid = BatchTfms::new(aug, t.size as i64, Normalize::from_stats(t.mean, t.std)?)?;
         let presize = item_tfm(t)?;
         Ok(Self { model, meta, valid, presize, device })

@@ -15,6 +15,20 @@ pub struct Series {
 
 static FONT: Once = Once::new();
 
+/// Series with at most this many points also get a dot at each point.
+const MAX_MARKED_POINTS: usize = 50;
+
+/// An x-axis tick: `1e-5`-style on a log axis, otherwise an integer or at most 3 decimals.
+fn tick_label(x: f64, log_x: bool) -> String {
+    if log_x {
+        format!("{x:.0e}")
+    } else if x.fract() == 0.0 || x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn register_font() {
     FONT.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
@@ -50,10 +64,17 @@ pub fn line_plot(path: &Path, title: &str, xlabel: &str, ylabel: &str, log_x: bo
             ($chart:expr) => {{
                 let mut chart = $chart;
                 chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 14))
+                    .x_label_formatter(&|x: &f64| tick_label(*x, log_x))
                     .draw().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
                 for (i, s) in series.iter().enumerate() {
                     let c = Palette99::pick(i).to_rgba();
                     let p: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_x || *x > 0.0)).collect();
+                    if p.len() <= MAX_MARKED_POINTS {
+                        // Sparse series (e.g. one validation loss per epoch) get a dot per
+                        // point: a single point would otherwise draw nothing.
+                        chart.draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
+                            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+                    }
                     chart.draw_series(LineSeries::new(p, c.stroke_width(2))).map_err(|e| anyhow::anyhow!("plot: {e}"))?
                         .label(s.name.clone())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));

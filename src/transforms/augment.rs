@@ -10,12 +10,14 @@
 
 use anyhow::{bail, ensure};
 use rand::Rng as _;
+use serde::{Deserialize, Serialize};
 
 use crate::util::rng::Rng;
 
 /// Interpolation of `grid_sample` (PyTorch `mode`): bilinear (fastai's default),
 /// nearest or bicubic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     /// Linear in x and y (fastai's default).
     Bilinear,
@@ -38,7 +40,8 @@ impl Interpolation {
 
 /// What `grid_sample` reads outside the image (fastai `PadMode`): zeros, the border
 /// pixels, or the image mirrored at its edges (reflection, fastai's default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PadMode {
     /// Zeros outside the image.
     Zeros,
@@ -64,7 +67,8 @@ impl PadMode {
 /// Build with [`aug_transforms`] (or `AugTransforms::default()`) and the `with_*`
 /// methods, e.g. `aug_transforms().with_size(224).with_min_scale(0.75)`.
 /// [`crate::transforms::BatchTfms`] applies them to a batch in one resample.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AugTransforms {
     /// Output side in pixels (square `size`×`size`); `None` keeps the items' size.
     pub size: Option<i64>,

@@ -61,12 +61,14 @@ impl Normalize {
     }
 
     /// `x · scale` then normalised, as `x · (scale/std) − mean/std` (folds the u8 →
-    /// [0, 1] division into the normalisation).
-    pub(crate) fn encode_scaled(&self, x: &Tensor, scale: f64) -> crate::Result<Tensor> {
-        self.check(x)?;
-        let a = column(std::array::from_fn(|c| scale / self.std[c]), x);
-        let b = column(std::array::from_fn(|c| -self.mean[c] / self.std[c]), x);
-        Ok(x * a + b)
+    /// [0, 1] division into the normalisation), IN PLACE: `x` must be a tensor nothing
+    /// else reads (the fresh output of a resample), and is returned.
+    pub(crate) fn encode_scaled_(&self, mut x: Tensor, scale: f64) -> crate::Result<Tensor> {
+        self.check(&x)?;
+        let a = column(std::array::from_fn(|c| scale / self.std[c]), &x);
+        let b = column(std::array::from_fn(|c| -self.mean[c] / self.std[c]), &x);
+        let _ = x.g_mul_(&a).g_add_(&b);
+        Ok(x)
     }
 
     /// The inverse, `x · std + mean`, back to [0, 1] (fastai `Normalize.decodes`, used

@@ -32,6 +32,9 @@ use crate::util::rng::Rng;
 /// - maps that only permute pixels (flips, dihedral, identity at the same size) use exact
 ///   index operations; u8 batches are sampled on the 0..255 scale and scaled to [0, 1]
 ///   afterwards (sampling is linear, so only rounding differs);
+/// - fastai's area pre-shrink before a bilinear downsample is skipped when it would take
+///   off less than 10 % of the resolution, as for 460 → 224 (see
+///   [`super::affine::MIN_PRESHRINK`]);
 /// - fastai's `xtra_tfms` are not supported.
 #[derive(Debug, Clone)]
 pub struct BatchTfms {
@@ -115,15 +118,16 @@ impl BatchTfms {
     pub fn apply_params(&self, x: &Tensor, params: &[ImageAug]) -> crate::Result<Tensor> {
         let (x, scale, h, w) = self.prepare(x, params.len())?;
         let maps: Vec<Mat3> = params.iter().map(|p| image_map(p, h, w)).collect();
+        // `resample` always returns a fresh tensor, so the passes below work in place.
         let mut y = resample(&x, &maps, self.size, self.size, self.sampling())?;
         if params.iter().all(ImageAug::lighting_is_identity) {
-            return self.normalize.encode_scaled(&y, scale);
+            return self.normalize.encode_scaled_(y, scale);
         }
         let (b, c): (Vec<f64>, Vec<f64>) = params.iter().map(|p| (p.brightness, p.contrast)).unzip();
         if scale != 1.0 {
             let _ = y.g_mul_scalar_(scale);
         }
-        self.normalize.encode(&lighting(&y, &b, &c)?)
+        self.normalize.encode_scaled_(lighting(&y, &b, &c)?, 1.0)
     }
 
     /// The same result computed op by op, as without fastai's composition: one resample

