@@ -1,6 +1,6 @@
 """PyTorch baseline for benches/models.rs: inference images/s of ResNet-34 (torchvision's
 architecture) and EfficientNet-Lite0 (the PyPI reference's architecture, static TF "SAME"
-padding) in eval mode, random weights. Plain torch only (the kestrel venv has no
+padding, drop connect 0.2 in training as the reference) in eval mode, random weights. Plain torch only (the kestrel venv has no
 torchvision). Usage: python models_torch.py THREADS BATCH SIZE ITERS; prints one JSON line
 {"resnet34": best seconds per batch, "efficientnet_lite0": ...}."""
 import json, math, sys, time
@@ -70,6 +70,7 @@ class MBConv(nn.Module):
         self._project_conv = SameConv(mid, cout, 1, image_size=math.ceil(size / s)); self._bn2 = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
         self._swish = nn.ReLU6()
         self.skip = s == 1 and cin == cout
+        self.drop_connect = 0.0  # set by Lite0: 0.2 * block index / number of blocks
 
     def forward(self, inputs):
         x = inputs
@@ -77,7 +78,13 @@ class MBConv(nn.Module):
             x = self._swish(self._bn0(self._expand_conv(x)))
         x = self._swish(self._bn1(self._depthwise_conv(x)))
         x = self._bn2(self._project_conv(x))
-        return x + inputs if self.skip else x
+        if not self.skip:
+            return x
+        if self.training and self.drop_connect > 0:  # the reference's drop_connect
+            keep = 1 - self.drop_connect
+            mask = torch.floor(keep + torch.rand([x.shape[0], 1, 1, 1], dtype=x.dtype))
+            x = x / keep * mask
+        return x + inputs
 
 
 class Lite0(nn.Module):
@@ -92,6 +99,8 @@ class Lite0(nn.Module):
                 blocks.append(MBConv(k, s if j == 0 else 1, e, i if j == 0 else o, o, size))
                 if j == 0:
                     size = math.ceil(size / s)
+        for idx, b in enumerate(blocks):
+            b.drop_connect = 0.2 * idx / len(blocks)
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv(320, 1280, 1, image_size=size); self._bn1 = nn.BatchNorm2d(1280, eps=1e-3, momentum=0.01)
         self._swish = nn.ReLU6(); self._fc = nn.Linear(1280, 1000)

@@ -105,10 +105,10 @@ struct MbConv {
 impl MbConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = match &self.expand {
-            Some((c, b)) => b.forward_t(&c.forward(xs), train).clamp_(0.0, 6.0),
+            Some((c, b)) => b.forward_t(&c.forward(xs), train).relu6_(),
             None => xs.shallow_clone(),
         };
-        x = self.bn1.forward_t(&self.depthwise.forward(&x), train).clamp_(0.0, 6.0);
+        x = self.bn1.forward_t(&self.depthwise.forward(&x), train).relu6_();
         x = self.bn2.forward_t(&self.project.forward(&x), train);
         if !self.skip {
             return x;
@@ -201,11 +201,11 @@ impl LiteBody {
 
 impl ModuleT for LiteBody {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = self.bn0.forward_t(&self.stem.forward(xs), train).clamp_(0.0, 6.0);
+        let mut x = self.bn0.forward_t(&self.stem.forward(xs), train).relu6_();
         for b in &self.blocks {
             x = b.forward_t(&x, train);
         }
-        self.bn1.forward_t(&self.head.forward(&x), train).clamp_(0.0, 6.0)
+        self.bn1.forward_t(&self.head.forward(&x), train).relu6_()
     }
 }
 
