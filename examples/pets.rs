@@ -32,6 +32,7 @@ fn main() -> kestrel::Result<()> {
 
     // learn = vision_learner(dls, arch, metrics=error_rate)
     let weights = pretrained_weights(arch.name(), true)?;
+    tch::manual_seed(42); // set_seed(42): the new head's initial weights
     let mut learn = vision_learner(dls, arch, Some(&weights))?.with_cb(Box::new(ProgressCallback::new())).with_seed(42);
     learn.to_channels_last();
 

@@ -27,13 +27,17 @@ export OMP_NUM_THREADS=2
 k_times=(); k_errs=(); f_times=(); f_errs=()
 for s in $SEEDS; do
   out=runs/bench/kestrel-seed$s
-  log=$("$kestrel" pets --data "$SAMPLE" --device cpu --seed "$s" --epochs "$EPOCHS" --freeze-epochs "$FREEZE_EPOCHS" --out "$out" | tee /dev/stderr)
-  line=$(grep '^final error_rate' <<<"$log")
+  mkdir -p runs/bench
+  "$kestrel" pets --data "$SAMPLE" --device cpu --seed "$s" --epochs "$EPOCHS" --freeze-epochs "$FREEZE_EPOCHS" --out "$out" \
+    2>&1 | tee "$out.log"
+  line=$(grep '^final error_rate' "$out.log")
   k_errs+=("$(awk '{print $3}' <<<"$line")")
   k_times+=("$(sed -E 's/.*fine_tune ([0-9.]+) s.*/\1/' <<<"$line")")
   if [ -x "$REF_PY" ]; then
     if [ "$FREEZE_EPOCHS" != 1 ]; then echo "note: fastai_pets.py always uses freeze_epochs=1" >&2; fi
-    json=$("$REF_PY" scripts/bench/fastai_pets.py "$SAMPLE" "$s" "$EPOCHS" | tail -1)
+    "$REF_PY" scripts/bench/fastai_pets.py "$SAMPLE" "$s" "$EPOCHS" > "runs/bench/fastai-seed$s.log" 2>&1
+    json=$(grep '^{"impl"' "runs/bench/fastai-seed$s.log")
+    echo "fastai seed $s: $json"
     f_times+=("$("$REF_PY" -c 'import json,sys; print(json.loads(sys.argv[1])["seconds"])' "$json")")
     f_errs+=("$("$REF_PY" -c 'import json,sys; print(json.loads(sys.argv[1])["error_rate"])' "$json")")
   fi

@@ -131,6 +131,8 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
                       Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
 
     let weights = if args.no_pretrained { None } else { Some(weights_file(arch.name(), args.weights.as_deref(), true)?) };
+    // fastai `set_seed(seed)`: the new head's initial weights come from torch's generator.
+    tch::manual_seed(args.data.seed as i64);
     let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(args.data.seed);
     if args.channels_last { learn.to_channels_last(); }
     if args.fp16 { learn.to_fp16()?; }

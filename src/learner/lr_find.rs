@@ -96,14 +96,15 @@ impl Learner {
 
 impl LrFindResult {
     /// fastai `plot_lr_find`: loss against lr (log x axis) without the last 5 points, with
-    /// the four suggestions marked, as an 800×500 PNG at `path`.
+    /// the four suggestions marked at fastai's points (for `minimum`, the loss minimum itself)
+    /// and named with the learning rate each suggests, as an 800×500 PNG at `path`.
     ///
     /// Errors: the file cannot be written.
     pub fn plot(&self, path: &Path) -> crate::Result<()> {
         let n = self.lrs.len().saturating_sub(5).max(1).min(self.lrs.len());
         let pts = self.lrs[..n].iter().zip(&self.losses[..n]).map(|(a, b)| (*a, *b)).collect();
         let marks = [("valley", self.valley), ("minimum", self.minimum), ("steep", self.steep), ("slide", self.slide)]
-            .iter().map(|(n, s)| (n.to_string(), s.point_lr, s.point_loss)).collect::<Vec<_>>();
+            .iter().map(|(n, s)| (format!("{n}: {:.2e}", s.lr), s.point_lr, s.point_loss)).collect::<Vec<_>>();
         line_plot(path, "Learning rate finder", "Learning Rate", "Loss", true,
                   &[Series { name: "smoothed loss".into(), points: pts }], &marks)
     }

@@ -35,7 +35,7 @@ fn register_font() {
     });
 }
 
-/// Draws `series` (and labelled `marks`, drawn as dots) into an 800×500 PNG at `path`,
+/// Draws `series` (and `marks`: (legend label, x, y), drawn as dots) into an 800×500 PNG at `path`,
 /// written atomically; `log_x` uses a log10 x axis (all x must be > 0 then).
 ///
 /// Errors: no finite point, or the file cannot be written.
@@ -83,7 +83,7 @@ pub fn line_plot(path: &Path, title: &str, xlabel: &str, ylabel: &str, log_x: bo
                     let c = Palette99::pick(i + series.len()).to_rgba();
                     chart.draw_series(std::iter::once(Circle::new((*x, *y), 6, c.filled())))
                         .map_err(|e| anyhow::anyhow!("plot: {e}"))?
-                        .label(format!("{name}: {x:.2e}"))
+                        .label(name.clone())
                         .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
                 }
                 chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK)

@@ -36,6 +36,8 @@ pub fn vision_batch_tfms(arch: Arch, size: i64, min_scale: f64) -> crate::Result
 /// batches, its body loaded from the ImageNet weight file `pretrained` (None: random
 /// initialisation, fastai `pretrained=False`), `CrossEntropyLossFlat`, fastai's Adam and
 /// the `error_rate` metric. Body frozen or not is decided by the fit (`fine_tune` freezes).
+/// The new head (and a non-pretrained body) is initialised from torch's global generator:
+/// call `tch::manual_seed(seed)` first for a repeatable run (fastai `set_seed`).
 ///
 /// Errors: an empty vocabulary; an unreadable weight file or one that does not fit
 /// `arch` (the mismatching names are listed).
