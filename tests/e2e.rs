@@ -115,6 +115,29 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
     assert_eq!(csv.lines().filter(|l| !l.starts_with("epoch")).count(), 2, "frozen epoch before the interrupt + resumed epoch: {csv}");
 }
 
+/// metrics.csv without its `time` column.
+fn metrics_without_time(run: &Path) -> Vec<String> {
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    csv.lines().map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string()).collect()
+}
+
+#[test]
+fn seeded_fine_tune_repeats_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes_folder(&images, 12);
+    let runs: Vec<Vec<String>> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let out = tmp.path().join(name);
+            assert!(kestrel(&fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), &[]).status.success());
+            metrics_without_time(&out)
+        })
+        .collect();
+    assert_eq!(runs[0].iter().filter(|l| !l.starts_with("epoch")).count(), 2, "two epochs: {:?}", runs[0]);
+    assert_eq!(runs[0], runs[1], "same seed, same losses and metrics to the last digit");
+}
+
 /// A CSV dataset with one problem of each kind.
 fn crafted(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();

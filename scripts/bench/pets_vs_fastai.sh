@@ -36,7 +36,7 @@ for s in $SEEDS; do
   if [ -x "$REF_PY" ]; then
     if [ "$FREEZE_EPOCHS" != 1 ]; then echo "note: fastai_pets.py always uses freeze_epochs=1" >&2; fi
     "$REF_PY" scripts/bench/fastai_pets.py "$SAMPLE" "$s" "$EPOCHS" > "runs/bench/fastai-seed$s.log" 2>&1
-    json=$(grep '^{"impl"' "runs/bench/fastai-seed$s.log")
+    json=$(grep -o '{"impl".*}' "runs/bench/fastai-seed$s.log" | tail -1)
     echo "fastai seed $s: $json"
     f_times+=("$("$REF_PY" -c 'import json,sys; print(json.loads(sys.argv[1])["seconds"])' "$json")")
     f_errs+=("$("$REF_PY" -c 'import json,sys; print(json.loads(sys.argv[1])["error_rate"])' "$json")")

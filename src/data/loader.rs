@@ -1,6 +1,7 @@
 //! The image `DataLoader` (fastai `TfmdDL`): worker threads decode and resize items in
-//! parallel behind a bounded prefetch window; batches come out in order, collated as
-//! `u8` (N, 3, H, W) on the requested device, then through the batch transforms.
+//! parallel behind a bounded prefetch window, and the worker that finishes a batch's last
+//! item collates it as `u8` (N, 3, H, W) (as PyTorch's DataLoader workers collate); batches
+//! come out in order, on the requested device, through the batch transforms.
 
 use super::decode::decode_rgb;
 use super::resize::ItemTfm;
@@ -124,8 +125,7 @@ fn hwc_to_chw(src: &[u8], n_px: usize) -> Vec<u8> {
 }
 
 /// Stacks `n` CHW `u8` images of `h`×`w` into one (n, 3, h, w) `u8` CPU tensor with a
-/// single copy of the pixels (collation runs on the consuming thread, so every copy there
-/// is time the workers cannot hide).
+/// single copy of the pixels.
 fn collate_u8<'a>(items: impl Iterator<Item = &'a [u8]>, n: usize, h: u32, w: u32) -> Tensor {
     let item_len = 3 * h as usize * w as usize;
     let x = Tensor::empty([n as i64, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu));

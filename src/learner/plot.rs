@@ -35,8 +35,8 @@ fn register_font() {
     });
 }
 
-/// Draws `series` (and `marks`: (legend label, x, y), drawn as dots) into an 800×500 PNG at `path`,
-/// written atomically; `log_x` uses a log10 x axis (all x must be > 0 then).
+/// Draws `series` (and `marks`: (legend label, x, y), drawn as dots) into an 800×500 PNG
+/// at `path`, written atomically; `log_x` uses a log10 x axis (all x must be > 0 then).
 ///
 /// Errors: no finite point, or the file cannot be written.
 pub fn line_plot(path: &Path, title: &str, xlabel: &str, ylabel: &str, log_x: bool,

@@ -168,9 +168,9 @@ impl Default for Sampling {
 ///
 /// As fastai's `_grid_sample`, bilinear downsampling by more than 2.2× (fastai: 2×) that
 /// the maps do not undo first shrinks `x` by area averaging (`F.interpolate(mode='area')`)
-/// to limit aliasing (see [`MIN_PRESHRINK`]). Maps that are exact pixel permutations at the input size (identity, flips,
-/// dihedral) are done with exact index operations — what sampling at the pixel centres
-/// gives, without float rounding.
+/// to limit aliasing (see [`MIN_PRESHRINK`]). Maps that are exact pixel permutations at
+/// the input size (identity, flips, dihedral) are done with exact index operations — what
+/// sampling at the pixel centres gives, without float rounding.
 ///
 /// Errors: `maps.len()` ≠ N, a non-4-D or non-float `x`, or a non-positive output size.
 pub fn resample(x: &Tensor, maps: &[Mat3], out_h: i64, out_w: i64, s: Sampling) -> crate::Result<Tensor> {
