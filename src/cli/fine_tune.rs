@@ -280,7 +280,7 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner) -> Vec<(S
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
         ("precision / layout", format!("{precision} / {}", if args.channels_last { "channels-last" } else { "NCHW" })),
         ("seed", d.seed.to_string()),
-        ("device", format!("{:?}", learn.dls.train.device())),
+        ("device", crate::util::device::device_name(learn.dls.train.device())),
         ("kestrel", env!("CARGO_PKG_VERSION").to_string()),
     ].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }

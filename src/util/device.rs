@@ -19,6 +19,15 @@ pub fn parse_device(name: &str) -> crate::Result<Device> {
     }
 }
 
+/// The name [`parse_device`] reads back: `cpu`, `cuda:N` (other devices as tch prints them).
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        d => format!("{d:?}").to_ascii_lowercase(),
+    }
+}
+
 fn cuda(i: usize) -> crate::Result<Device> {
     let n = tch::Cuda::device_count();
     if (i as i64) < n {
