@@ -153,14 +153,14 @@ fn content_sniffing_and_bad_files() {
     let trunc_png = d.path().join("trunc.png");
     std::fs::write(&trunc_png, &png[..png.len() - 20]).unwrap();
     for p in [&trunc, &trunc_png] {
-        if let Err(e) = decode_rgb(p) {
-            let e = format!("{e:#}");
-            assert!(e.contains(p.file_name().unwrap().to_str().unwrap()), "{e}");
-        } else {
-            // zune-jpeg fills a truncated scan with grey rather than failing, as libjpeg does
-            assert_eq!(p, &trunc, "a truncated PNG must fail");
-        }
+        let e = format!("{:#}", decode_rgb(p).expect_err("a truncated file must fail"));
+        assert!(e.contains(p.file_name().unwrap().to_str().unwrap()), "{e}");
     }
+    let e = format!("{:#}", decode_rgb(&trunc).unwrap_err());
+    assert!(e.contains("truncated JPEG"), "{e}");
+    // Cut just before the end-of-image marker: the decoder alone would return grey pixels.
+    std::fs::write(&trunc, &jpg[..jpg.len() - 2]).unwrap();
+    assert!(format!("{:#}", decode_rgb(&trunc).unwrap_err()).contains("truncated JPEG"));
 }
 
 #[test]

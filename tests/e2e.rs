@@ -183,18 +183,24 @@ fn check_data_reports_each_problem() {
     assert!(r.label_misses[0].0.ends_with("oops.png") && r.label_misses[0].1.contains("does not match"));
     assert_eq!(r.duplicates, vec![vec![dir.join("red_1.png"), dir.join("red_5.png")]]);
     assert_eq!(r.tiny, vec![(dir.join("green_7.png"), 16, 16)]);
-    assert_eq!(r.n_problems(), 5);
+    assert_eq!((r.n_problems(), r.n_warnings()), (3, 2), "undecodable, miss, valid-only; duplicate, tiny");
+    assert!(r.empty.is_empty());
 
     let o = kestrel(&["check-data", "--csv", csv.to_str().unwrap(), "--label-from", "name-re", "--label-re", r"^(.+)_\d+\.png$",
                       "--valid-col", "is_valid", "--size", "32"], &[]);
     assert!(!o.status.success(), "problems give a non-zero exit");
     let stdout = String::from_utf8_lossy(&o.stdout);
-    for s in ["undecodable files (1)", "labeller misses (1)", "labels only in the validation set (1)", "duplicates (same content) (1)",
-              "tiny images (smaller than 32 px) (1)", "green_7.png: 16×16", "5 problems found"] {
+    for s in ["undecodable files (1)", "labeller misses (1)", "labels only in the validation set (1)", "warning: duplicates (same content) (1)",
+              "warning: tiny images (smaller than 32 px; upsampled by the presize) (1)", "green_7.png: 16×16", "3 problems found, 2 warnings"] {
         assert!(stdout.contains(s), "report has '{s}'");
     }
     let clean = tmp.path().join("clean");
     shapes_folder(&clean, 3);
     let o = kestrel(&["check-data", "--folder", clean.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$", "--size", "32"], &[]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no problems found"));
+    // An empty folder is a problem, not a clean bill of health.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = kestrel(&["check-data", "--folder", empty.to_str().unwrap(), "--size", "32"], &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no items"));
 }

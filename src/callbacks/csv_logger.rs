@@ -45,4 +45,9 @@ impl Callback for CSVLogger {
         self.text.push('\n');
         crate::util::atomic::write_atomic(&self.path, self.text.as_bytes())
     }
+    /// Writes the file once more, so that a fit of 0 epochs leaves its header as fastai's
+    /// does (a `fine_tune` with `freeze_epochs=0` keeps its two tables apart).
+    fn after_fit(&mut self, _: &mut Learner) -> crate::Result<()> {
+        crate::util::atomic::write_atomic(&self.path, self.text.as_bytes())
+    }
 }

@@ -16,7 +16,8 @@ pub struct CheckDataArgs {
     pub size: u32,
 }
 
-/// Runs `kestrel check-data`: prints the report; exits non-zero when problems were found.
+/// Runs `kestrel check-data`: prints the report; exits non-zero when problems (not mere
+/// warnings) were found.
 ///
 /// Errors: the items cannot be listed or split; problems were found (their number).
 pub fn run(a: CheckDataArgs) -> crate::Result<()> {

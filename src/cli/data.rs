@@ -66,8 +66,9 @@ pub struct DataOpts {
     /// Worker threads decoding and resizing images (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Device of the batches: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
+    /// Device of the batches (and of training): cpu, cuda, cuda:N or auto (CUDA when libtorch
+    /// sees a GPU, else the CPU).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Leave out files that cannot be decoded, with a warning for each, instead of stopping.
     #[arg(long)]

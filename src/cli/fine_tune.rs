@@ -5,6 +5,7 @@
 use super::data::DataOpts;
 use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
+use crate::data::Datasets;
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
 use crate::models::Arch;
@@ -59,7 +60,8 @@ pub struct FineTuneArgs {
     /// suggestion. fastai's default base_lr is 2e-3.
     #[arg(long, default_value = "2e-3")]
     pub lr: String,
-    /// Batches of the `lr_find` sweep (fastai `num_it=100`); lr_find.png is always drawn.
+    /// Batches of the `lr_find` sweep (fastai `num_it=100`); lr_find.png is drawn whenever the
+    /// sweep gives suggestions (at least 10 batches that do not diverge at once).
     #[arg(long, default_value_t = 100)]
     pub lr_find_iters: usize,
     /// Mixed precision with float16 and loss scaling (fastai `to_fp16`); needs a CUDA GPU.
@@ -161,8 +163,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
     }
-    let valid_items: Vec<PathBuf> = dls.datasets.valid.iter().map(|&i| dls.datasets.items.paths[i].clone()).collect();
-    finish(&mut learn, args, arch, lr, fit_secs, &valid_items, &out)
+    finish(&mut learn, args, arch, lr, fit_secs, &dls.datasets, &out)
 }
 
 /// Runs `lr_find` (restoring the weights afterwards), draws lr_find.png, and returns the
@@ -196,9 +197,10 @@ fn finish(
     arch: Arch,
     lr: f64,
     fit_secs: f64,
-    valid_items: &[PathBuf],
+    ds: &Datasets,
     out: &std::path::Path,
 ) -> crate::Result<FineTuneResult> {
+    let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
     learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
     let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
@@ -206,8 +208,8 @@ fn finish(
     let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
     export_model(learn, args, arch, metrics, &out.join(MODEL_FILE))?;
-    let extra = interpret_valid(learn, valid_items, out)?;
-    let settings = settings(args, arch, lr, learn);
+    let extra = interpret_valid(learn, &valid_items, out)?;
+    let settings = settings(args, arch, lr, learn, ds.train.len());
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
     Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr })
@@ -261,7 +263,7 @@ fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Pa
     ])
 }
 
-fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner) -> Vec<(String, String)> {
+fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: usize) -> Vec<(String, String)> {
     let d = &args.data;
     let data = match (&d.csv, &d.folder) {
         (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
@@ -272,7 +274,9 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner) -> Vec<(S
     [
         ("data", data),
         ("classes", learn.dls.vocab.len().to_string()),
-        ("train / valid images", format!("{} / {}", learn.dls.train.n_items(), learn.dls.valid.n_items())),
+        ("train / valid images", format!("{n_train} / {} ({} trained on per epoch: {} batches of {}, the last \
+            incomplete batch dropped as fastai does)", learn.dls.valid.n_items(), learn.dls.train.n_items(),
+            learn.dls.train.n_batches(), args.data.bs)),
         ("arch", format!("{arch}{}", if args.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
         ("presize / size / min_scale", format!("{} / {} / {}", d.presize, args.size, args.min_scale)),
         ("bs", d.bs.to_string()),

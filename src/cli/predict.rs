@@ -55,7 +55,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Without --imagenet: the exported model file (`model.safetensors` from `kestrel
-    /// fine-tune`) followed by photos or folders of photos. With --imagenet: photos.
+    /// fine-tune`) followed by photos or folders of photos. With --imagenet: photos or folders.
     #[arg(required = true, value_name = "MODEL|PHOTO")]
     pub photos: Vec<PathBuf>,
 }
@@ -97,7 +97,8 @@ fn run_imagenet(args: &PredictArgs) -> crate::Result<()> {
     model.load(load_state_dict(&file)?)?;
     let meta = model.meta();
     let names = class_names();
-    for chunk in args.photos.chunks(BATCH) {
+    let photos = crate::export::expand_image_paths(&args.photos)?;
+    for chunk in photos.chunks(BATCH) {
         let imgs = chunk
             .iter()
             .map(|p| load_center_crop(p, meta.input_size as u32))

@@ -15,7 +15,8 @@ pub struct PredictModelOptions {
     /// Also write every prediction to this CSV file (`--csv`): file, label, index, prob, then `top`.
     pub csv: Option<PathBuf>,
     /// Print one JSON object per photo per line instead of text (`--json`), as `predict
-    /// --imagenet --json`: `{"file", "label", "index", "top": [{"label", "index", "prob"}]}`;
+    /// --imagenet --json`: `{"file", "label", "index", "top": [{"label", "index", "prob"}]}`
+    /// (probabilities to 4 decimals);
     /// an unreadable photo gives `{"file", "error"}`.
     pub json: bool,
     /// Test-time augmentation (`--tta`, fastai `Learner.tta(n=4, beta=0.25)`).
@@ -100,7 +101,7 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
 
 fn json_line(path: &Path, p: &Prediction, top: &[(usize, f32)], vocab: &[String]) -> serde_json::Value {
     let top: Vec<serde_json::Value> =
-        top.iter().map(|&(i, pr)| serde_json::json!({"label": vocab[i], "index": i, "prob": pr})).collect();
+        top.iter().map(|&(i, pr)| serde_json::json!({"label": vocab[i], "index": i, "prob": (pr as f64 * 1e4).round() / 1e4})).collect();
     serde_json::json!({"file": path.display().to_string(), "label": p.label, "index": p.index, "top": top})
 }
 

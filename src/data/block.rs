@@ -6,7 +6,7 @@ use super::label::{Labeller, multi_labels};
 use super::loader::{ImageDataLoader, LoaderConfig};
 use super::resize::ItemTfm;
 use super::split::Splitter;
-use super::{CategoryMap, DataLoaders};
+use super::{BatchSource, CategoryMap, DataLoaders};
 use crate::transforms::BatchTransform;
 use crate::util::threads::default_workers;
 use anyhow::bail;
@@ -246,7 +246,8 @@ impl DataBlock {
         }
     }
 
-    /// Builds both loaders with their item-level datasets. Errors: as [`Self::datasets`].
+    /// Builds both loaders with their item-level datasets. Errors: as [`Self::datasets`], and
+    /// fewer training images than the batch size (nothing to train on with drop_last).
     pub fn image_dataloaders(&self) -> crate::Result<ImageDataLoaders> {
         let ds = Arc::new(self.datasets()?);
         let make = |idx: &[usize], train: bool| -> crate::Result<Arc<ImageDataLoader>> {
@@ -256,6 +257,14 @@ impl DataBlock {
             Ok(Arc::new(ImageDataLoader::new(paths, targets, self.item_tfm.clone(), self.batch_tfms.clone(), cfg)?))
         };
         let (train, valid) = (make(&ds.train, true)?, make(&ds.valid, false)?);
+        if train.n_batches() == 0 {
+            bail!(
+                "the training set has {} images, fewer than the batch size {}: the training loader drops the last \
+                 incomplete batch (as fastai's), so there is nothing to train on; lower the batch size (--bs)",
+                ds.train.len(),
+                train.config().bs
+            );
+        }
         Ok(ImageDataLoaders { train, valid, datasets: ds })
     }
 

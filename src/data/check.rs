@@ -29,14 +29,23 @@ pub struct DataCheck {
     pub tiny: Vec<(PathBuf, u32, u32)>,
     /// The training size the images were compared with, pixels.
     pub min_size: u32,
+    /// Sets that would leave nothing to train on or to measure: "no items", "the
+    /// training set is empty", "the validation set is empty".
+    pub empty: Vec<String>,
 }
 
 impl DataCheck {
-    /// Number of problems found (each file or label counted once per kind; a duplicate
-    /// group counts its extra copies).
+    /// Number of problems that stop or spoil training: undecodable files, labeller misses,
+    /// labels only in validation, empty sets (each file or label counted once).
     pub fn n_problems(&self) -> usize {
-        self.undecodable.len() + self.label_misses.len() + self.valid_only.len() + self.tiny.len()
-            + self.duplicates.iter().map(|g| g.len() - 1).sum::<usize>()
+        self.undecodable.len() + self.label_misses.len() + self.valid_only.len() + self.empty.len()
+    }
+
+    /// Number of warnings, worth a look but not wrong in themselves: tiny images (they are
+    /// upsampled; common in real photo collections) and duplicate copies (a duplicate
+    /// group counts its extra copies).
+    pub fn n_warnings(&self) -> usize {
+        self.tiny.len() + self.duplicates.iter().map(|g| g.len() - 1).sum::<usize>()
     }
 }
 
@@ -81,10 +90,13 @@ pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> 
     }
     let mut duplicates: Vec<Vec<PathBuf>> = by_hash.into_values().filter(|g| g.len() > 1).map(|g| g.into_iter().collect()).collect();
     duplicates.sort();
+    let empty = [(n == 0, "no items"), (n > 0 && train.is_empty(), "the training set is empty"),
+                 (n > 0 && valid.is_empty(), "the validation set is empty")]
+        .iter().filter(|(b, _)| *b).map(|(_, m)| m.to_string()).collect();
     Ok(DataCheck {
         n_items: n,
         counts: counts.into_iter().map(|(l, (t, v))| (l, t, v)).collect(),
-        undecodable, label_misses, valid_only, duplicates, tiny, min_size,
+        undecodable, label_misses, valid_only, duplicates, tiny, min_size, empty,
     })
 }
 
@@ -112,7 +124,7 @@ fn scan(path: &std::path::Path) -> Result<Scan, String> {
 
 impl fmt::Display for DataCheck {
     /// The report as `kestrel check-data` prints it: counts, then one block per kind of
-    /// problem (at most 20 lines each), then a one-line verdict.
+    /// problem or warning (at most 20 lines each), then a one-line verdict.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (t, v): (usize, usize) = self.counts.iter().fold((0, 0), |a, c| (a.0 + c.1, a.1 + c.2));
         writeln!(f, "{} items, {} labels; {t} training, {v} validation", self.n_items, self.counts.len())?;
@@ -125,16 +137,18 @@ impl fmt::Display for DataCheck {
             if lines.len() > 20 { writeln!(f, "  … and {} more", lines.len() - 20)?; }
             Ok(())
         };
+        list(f, "empty sets".into(), self.empty.clone())?;
         list(f, "undecodable files".into(), self.undecodable.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
         list(f, "labeller misses".into(), self.label_misses.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
         list(f, "labels only in the validation set".into(), self.valid_only.clone())?;
-        list(f, "duplicates (same content)".into(), self.duplicates.iter()
+        list(f, "warning: duplicates (same content)".into(), self.duplicates.iter()
             .map(|g| g.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" = ")).collect())?;
-        list(f, format!("tiny images (smaller than {} px)", self.min_size),
+        list(f, format!("warning: tiny images (smaller than {} px; upsampled by the presize)", self.min_size),
              self.tiny.iter().map(|(p, w, h)| format!("{}: {w}×{h}", p.display())).collect())?;
+        let warnings = match self.n_warnings() { 0 => String::new(), w => format!(", {w} warnings") };
         match self.n_problems() {
-            0 => writeln!(f, "\nno problems found"),
-            n => writeln!(f, "\n{n} problems found"),
+            0 => writeln!(f, "\nno problems found{warnings}"),
+            n => writeln!(f, "\n{n} problems found{warnings}"),
         }
     }
 }

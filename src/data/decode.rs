@@ -25,7 +25,8 @@ pub struct DecodeInfo {
 /// scaled to 8-bit, CMYK/YCCK JPEGs converted by the JPEG decoder).
 ///
 /// Errors (all naming the file): unreadable, empty (0 bytes), content of no known image
-/// format, corrupt or truncated data.
+/// format, corrupt or truncated data. A JPEG cut short is refused as PIL refuses it ("image
+/// file is truncated"), where the JPEG decoder alone would fill the missing part with grey.
 pub fn decode_rgb(path: &Path) -> crate::Result<RgbImage> {
     decode_with_info(path).map(|(img, _)| img)
 }
@@ -45,6 +46,9 @@ pub fn decode_bytes(bytes: &[u8]) -> crate::Result<(RgbImage, DecodeInfo)> {
     let Some(format) = reader.format() else {
         bail!("not an image: the content matches no known image format");
     };
+    if format == image::ImageFormat::Jpeg {
+        check_jpeg_complete(bytes)?;
+    }
     let mut dec = reader.into_decoder().with_context(|| format!("bad {format:?} header"))?;
     let stored_size = dec.dimensions();
     let color = format!("{:?}", dec.original_color_type());
@@ -57,4 +61,17 @@ pub fn decode_bytes(bytes: &[u8]) -> crate::Result<(RgbImage, DecodeInfo)> {
     };
     let info = DecodeInfo { format: format!("{format:?}"), color, stored_size, orientation: format!("{orientation:?}") };
     Ok((rgb, info))
+}
+
+/// Refuses a JPEG with no end-of-image marker (FF D9) after its last start-of-scan marker
+/// (FF DA): the file was cut short. Entropy-coded data cannot contain FF D9 (every FF byte
+/// in it is followed by 00), so the test does not depend on the image content; an EOI of
+/// an embedded EXIF thumbnail comes before the main scans and does not count.
+fn check_jpeg_complete(bytes: &[u8]) -> crate::Result<()> {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let complete = last_sos.is_some_and(|i| bytes[i + 2..].windows(2).any(|w| w == [0xFF, 0xD9]));
+    if !complete {
+        bail!("truncated JPEG: the file ends before the end-of-image marker ({} bytes; cut short while copying or downloading?)", bytes.len());
+    }
+    Ok(())
 }

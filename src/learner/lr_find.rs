@@ -85,7 +85,14 @@ impl Learner {
         let lo = num_it / 10;
         let mut hi = losses.len().saturating_sub(5);
         if let Some(nan) = losses[lo.min(hi)..hi].iter().position(|l| l.is_nan()) { hi = lo + nan; }
-        anyhow::ensure!(hi > lo + 1, "lr_find stopped after {} batches: too few to suggest a learning rate (the loss diverged at once; try a lower start_lr)", losses.len());
+        if hi <= lo + 1 {
+            let why = if losses.len() < num_it {
+                "the loss diverged early (raise num_it or lower start_lr)"
+            } else {
+                "fastai's suggestions leave out the first tenth and the last 5 points (use at least 10 iterations)"
+            };
+            anyhow::bail!("lr_find ran {} batches: too few to suggest a learning rate ({why})", losses.len());
+        }
         let (l32, s32): (Vec<f32>, Vec<f32>) = (lrs[lo..hi].iter().map(|v| *v as f32).collect(), losses[lo..hi].iter().map(|v| *v as f32).collect());
         Ok(LrFindResult {
             valley: valley(&l32, &s32), minimum: minimum(&l32, &s32), steep: steep(&l32, &s32), slide: slide(&l32, &s32),

@@ -83,11 +83,13 @@ impl ImagenetClassifier {
     }
 }
 
-/// Reads an image file and prepares it as [`resize_center_crop`] does.
+/// Reads an image file as the data pipeline does ([`crate::data::decode::decode_rgb`]:
+/// EXIF orientation, any colour mode, truncated files refused) and prepares it as
+/// [`resize_center_crop`] does.
 ///
 /// Errors: the file cannot be read or decoded (the message names it).
 pub fn load_center_crop(path: &Path, size: u32) -> crate::Result<Tensor> {
-    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
+    let img = crate::data::decode::decode_rgb(path)?;
     resize_center_crop(&img, size).with_context(|| format!("cannot resize image {}", path.display()))
 }
 

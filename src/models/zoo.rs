@@ -90,7 +90,7 @@ pub fn pretrained_weights_in(home: &Path, arch: &str, progress: bool) -> crate::
         Some(n @ ("0" | "1" | "2")) => efficientnet_lite_file(home, n),
         Some("3" | "4") => bail!(
             "no pretrained weights for {a}: PyTorch weights are published only for EfficientNet-Lite0, 1 and 2. \
-             Train it from scratch (without --pretrained) or pass --weights FILE"
+             Train it from scratch (fine-tune --no-pretrained) or pass --weights FILE"
         ),
         _ => bail!(
             "unknown architecture {arch:?}; kestrel knows {}",
