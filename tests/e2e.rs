@@ -115,6 +115,20 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
     assert_eq!(csv.lines().filter(|l| !l.starts_with("epoch")).count(), 2, "frozen epoch before the interrupt + resumed epoch: {csv}");
 }
 
+#[test]
+fn show_batch_with_augmentation_draws_the_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes_folder(&images, 6);
+    let out = tmp.path().join("unique.png");
+    let o = kestrel(&["data", "show-batch", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
+                      "--presize", "40", "--bs", "4", "--out", out.to_str().unwrap(), "--unique", "--aug-size", "32",
+                      "--nrows", "2", "--ncols", "2"], &[]);
+    assert!(o.status.success());
+    let img = image::open(&out).unwrap();
+    assert!(img.width() >= 64 && img.height() >= 64, "a 2x2 grid of 32-px images with captions");
+}
+
 /// metrics.csv without its `time` column.
 fn metrics_without_time(run: &Path) -> Vec<String> {
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();

@@ -3,11 +3,13 @@
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::data::summary::summary;
 use crate::data::{DataBlock, ItemTfm, Labeller, PETS_PATTERN, Source, Splitter};
+use crate::transforms::{BatchTfms, Normalize, aug_transforms};
 use crate::util::device::parse_device;
 use crate::util::threads::default_workers;
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where labels come from (fastai `get_y`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +153,14 @@ pub struct ShowBatchArgs {
     /// Show a validation batch instead of a training batch.
     #[arg(long)]
     pub valid: bool,
+    /// Also apply fastai's batch augmentation, `aug_transforms(size=SIZE,
+    /// min_scale=--min-scale)` as `fine-tune` trains with it (flips, rotation, zoom, warp,
+    /// lighting, random-resized crop), in pixels. Without it the items are shown as presized.
+    #[arg(long, value_name = "SIZE")]
+    pub aug_size: Option<i64>,
+    /// `min_scale` of the augmentation's random-resized crop (with --aug-size).
+    #[arg(long, default_value_t = 0.75, requires = "aug_size")]
+    pub min_scale: f64,
 }
 
 /// Runs `kestrel data`.
@@ -167,9 +177,17 @@ pub fn run(args: DataArgs) -> crate::Result<()> {
             Ok(())
         }
         DataCommand::ShowBatch(a) => {
-            let dls = a.data.to_datablock()?.image_dataloaders()?;
+            let mut block = a.data.to_datablock()?;
+            let mut denorm = Denorm::None;
+            if let Some(size) = a.aug_size {
+                let norm = Normalize::imagenet();
+                let aug = aug_transforms().with_size(size).with_min_scale(a.min_scale);
+                block = block.batch_tfms(Some(Arc::new(BatchTfms::new(Some(aug), size, norm)?)));
+                denorm = Denorm::Stats { mean: norm.mean, std: norm.std };
+            }
+            let dls = block.image_dataloaders()?;
             let dl = if a.valid { &dls.valid } else { &dls.train };
-            show_loader_batch(dl, &dls.datasets.vocab, a.nrows, a.ncols, a.unique, Denorm::None, &a.out)?;
+            show_loader_batch(dl, &dls.datasets.vocab, a.nrows, a.ncols, a.unique, denorm, &a.out)?;
             println!("wrote {}", a.out.display());
             Ok(())
         }

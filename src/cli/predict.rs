@@ -93,6 +93,10 @@ fn run_imagenet(args: &PredictArgs) -> crate::Result<()> {
     let arch: Arch = args.arch.parse()?;
     let device = parse_device(&args.device)?;
     let file = weights_file(arch.name(), args.weights.as_deref(), true)?;
+    if args.weights.is_some() && crate::export::read_model_meta(&file).is_ok() {
+        bail!("{} is a kestrel model (from fine-tune), not ImageNet weights: predict with it as \
+               `kestrel predict {} PHOTO...` (without --imagenet)", file.display(), file.display());
+    }
     let mut model = ImagenetClassifier::new(arch, device)?;
     model.load(load_state_dict(&file)?)?;
     let meta = model.meta();
