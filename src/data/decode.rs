@@ -64,9 +64,10 @@ pub fn decode_bytes(bytes: &[u8]) -> crate::Result<(RgbImage, DecodeInfo)> {
 }
 
 /// Refuses a JPEG with no end-of-image marker (FF D9) after its last start-of-scan marker
-/// (FF DA): the file was cut short. Entropy-coded data cannot contain FF D9 (every FF byte
-/// in it is followed by 00), so the test does not depend on the image content; an EOI of
-/// an embedded EXIF thumbnail comes before the main scans and does not count.
+/// (FF DA): the file was cut short. Entropy-coded data cannot contain FF D9 (an FF byte in
+/// it is followed by 00 or a restart marker D0–D7), so the test does not depend on the image
+/// content; an EOI of an embedded EXIF thumbnail comes before the main scans and does not
+/// count.
 fn check_jpeg_complete(bytes: &[u8]) -> crate::Result<()> {
     let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
     let complete = last_sos.is_some_and(|i| bytes[i + 2..].windows(2).any(|w| w == [0xFF, 0xD9]));
