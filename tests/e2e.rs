@@ -38,6 +38,14 @@ fn shapes_folder(dir: &Path, n: u32) {
     }
 }
 
+/// A temporary folder holding a `shapes` folder of `n` images per class ([`shapes_folder`]).
+fn shapes_tmp(n: u32) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes_folder(&images, n);
+    (tmp, images)
+}
+
 fn kestrel(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(BIN);
     c.args(args).env("OMP_NUM_THREADS", "2").env_remove("KESTREL_INTERRUPT_AFTER");
@@ -55,9 +63,7 @@ fn fine_tune_args<'a>(images: &'a str, out: &'a str) -> Vec<&'a str> {
 
 #[test]
 fn fine_tune_writes_every_output_and_report_inlines_images() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes_folder(&images, 12);
+    let (tmp, images) = shapes_tmp(12);
     let out = tmp.path().join("run");
     let o = kestrel(&fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), &[]);
     assert!(o.status.success());
@@ -93,9 +99,7 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
 
 #[test]
 fn interrupt_writes_checkpoint_and_printed_command_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes_folder(&images, 12);
+    let (tmp, images) = shapes_tmp(12);
     let out = tmp.path().join("run");
     // Interrupt in the unfrozen phase after its 2nd batch: 3 training batches per epoch
     // (29 training images, bs 8, drop_last), 1 frozen epoch.
@@ -117,9 +121,7 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
 
 #[test]
 fn show_batch_with_augmentation_draws_the_grid() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes_folder(&images, 6);
+    let (tmp, images) = shapes_tmp(6);
     let out = tmp.path().join("unique.png");
     let o = kestrel(&["data", "show-batch", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
                       "--presize", "40", "--bs", "4", "--out", out.to_str().unwrap(), "--unique", "--aug-size", "32",
@@ -137,9 +139,7 @@ fn metrics_without_time(run: &Path) -> Vec<String> {
 
 #[test]
 fn seeded_fine_tune_repeats_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes_folder(&images, 12);
+    let (tmp, images) = shapes_tmp(12);
     let runs: Vec<Vec<String>> = ["a", "b"]
         .iter()
         .map(|name| {

@@ -88,11 +88,13 @@ pub fn run(args: InterpretArgs) -> crate::Result<()> {
     plot_top_losses(&interp, args.k, &args.out.join("top_losses.png"))?;
     let report = interp.classification_report();
     let most = interp.most_confused(args.min_val);
-    let mut mc_csv = String::from("actual,predicted,count\n");
+    let mut mc_csv = csv::Writer::from_writer(Vec::new());
+    mc_csv.write_record(["actual", "predicted", "count"])?;
     for (a, p, c) in &most {
-        let _ = writeln!(mc_csv, "{a},{p},{c}");
+        mc_csv.write_record([a.as_str(), p.as_str(), &c.to_string()])?;
     }
-    crate::util::atomic::write_atomic(&args.out.join("most_confused.csv"), mc_csv.as_bytes())?;
+    let mc_csv = mc_csv.into_inner().context("cannot assemble most_confused.csv")?;
+    crate::util::atomic::write_atomic(&args.out.join("most_confused.csv"), &mc_csv)?;
     crate::util::atomic::write_atomic(&args.out.join("classification_report.txt"), report.to_string().as_bytes())?;
     let mut md = format!(
         "# Interpretation of {}\n\n{} photos from {} ({} could not be read); accuracy {:.4}, error rate {:.4}.\n\n## Most confused (actual → predicted, count ≥ {})\n\n",

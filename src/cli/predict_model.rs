@@ -65,7 +65,8 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
     let vocab = predictor.vocab();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut csv = String::from("file,label,index,prob,top\n");
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record(["file", "label", "index", "prob", "top"])?;
     let mut failed = 0;
     for (path, r) in paths.iter().zip(&results) {
         match r {
@@ -78,7 +79,8 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
                     writeln!(out, "{}\t{}\t{}", path.display(), p.label, shown.join(", "))?;
                 }
                 let top_s: Vec<String> = top.iter().map(|&(i, pr)| format!("{}:{pr:.6}", vocab[i])).collect();
-                csv += &format!("{},{},{},{:.6},{}\n", csv_field(&path.display().to_string()), csv_field(&p.label), p.index, p.probs[p.index], csv_field(&top_s.join(" ")));
+                csv.write_record([path.display().to_string(), p.label.clone(), p.index.to_string(),
+                                  format!("{:.6}", p.probs[p.index]), top_s.join(" ")])?;
             }
             Err(e) => {
                 failed += 1;
@@ -91,7 +93,8 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
         }
     }
     if let Some(p) = &opts.csv {
-        crate::util::atomic::write_atomic(p, csv.as_bytes()).with_context(|| format!("cannot write {}", p.display()))?;
+        let bytes = csv.into_inner().context("cannot assemble the CSV")?;
+        crate::util::atomic::write_atomic(p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
     }
     if failed > 0 {
         bail!("{failed} of {} photos could not be predicted (see the messages above)", paths.len());
@@ -105,6 +108,3 @@ fn json_line(path: &Path, p: &Prediction, top: &[(usize, f32)], vocab: &[String]
     serde_json::json!({"file": path.display().to_string(), "label": p.label, "index": p.index, "top": top})
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
-}

@@ -112,7 +112,7 @@ impl Inner {
 }
 
 /// Interleaved RGB (H, W, 3) → planar (3, H, W).
-fn hwc_to_chw(src: &[u8], n_px: usize) -> Vec<u8> {
+pub(crate) fn hwc_to_chw(src: &[u8], n_px: usize) -> Vec<u8> {
     let mut out = vec![0u8; n_px * 3];
     let (r, rest) = out.split_at_mut(n_px);
     let (g, b) = rest.split_at_mut(n_px);
@@ -126,7 +126,7 @@ fn hwc_to_chw(src: &[u8], n_px: usize) -> Vec<u8> {
 
 /// Stacks `n` CHW `u8` images of `h`×`w` into one (n, 3, h, w) `u8` CPU tensor with a
 /// single copy of the pixels.
-fn collate_u8<'a>(items: impl Iterator<Item = &'a [u8]>, n: usize, h: u32, w: u32) -> Tensor {
+pub(crate) fn collate_u8<'a>(items: impl Iterator<Item = &'a [u8]>, n: usize, h: u32, w: u32) -> Tensor {
     let item_len = 3 * h as usize * w as usize;
     let x = Tensor::empty([n as i64, 3, h as i64, w as i64], (Kind::Uint8, Device::Cpu));
     // SAFETY: `x` was just allocated, is contiguous, holds exactly n·item_len bytes and is

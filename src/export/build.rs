@@ -3,7 +3,8 @@
 use super::file::read_model_file;
 use super::meta::{ArchSpec, ModelMeta};
 use crate::models::{Arch, Model, VisionModel};
-use anyhow::bail;
+use crate::models::weights::load_into;
+use anyhow::{Context, bail};
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
 use tch::Device;
@@ -65,35 +66,8 @@ pub struct LoadedModel {
 pub fn load_model(path: &Path, device: Device) -> crate::Result<LoadedModel> {
     let file = read_model_file(path)?;
     let mut model = build_model(&file.meta.card.arch)?;
-    let vars = model.var_store().variables();
-    let mut missing: Vec<&str> = vars.keys().filter(|k| !file.tensors.contains_key(*k)).map(String::as_str).collect();
-    let mut unexpected: Vec<&str> = file.tensors.keys().filter(|k| !vars.contains_key(*k)).map(String::as_str).collect();
-    let mut mismatched: Vec<String> = vars
-        .iter()
-        .filter_map(|(k, v)| {
-            let t = file.tensors.get(k)?;
-            (t.size() != v.size()).then(|| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
-        })
-        .collect();
-    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
-        missing.sort();
-        unexpected.sort();
-        mismatched.sort();
-        bail!(
-            "{}: the weights do not fit architecture '{}' as this kestrel builds it — missing: [{}]; unexpected: [{}]; wrong shape: [{}]",
-            path.display(),
-            file.meta.card.arch.name,
-            missing.join(", "),
-            unexpected.join(", "),
-            mismatched.join("; ")
-        );
-    }
-    tch::no_grad(|| -> crate::Result<()> {
-        for (name, mut var) in vars {
-            let src = &file.tensors[&name];
-            var.f_copy_(&src.to_kind(var.kind()))?;
-        }
-        Ok(())
+    load_into(model.var_store_mut(), file.tensors.into_iter().collect(), true).with_context(|| {
+        format!("{}: architecture '{}' as this kestrel builds it", path.display(), file.meta.card.arch.name)
     })?;
     model.var_store_mut().set_device(device);
     Ok(LoadedModel { meta: file.meta, model })

@@ -5,13 +5,14 @@ use super::meta::{
     FORMAT_CHECKPOINT, FORMAT_KEY, FORMAT_MODEL, FORMAT_VERSION, META_KEY, ModelCard, ModelMeta, VERSION_KEY,
 };
 use crate::models::Model;
+use crate::models::weights::{dtype_of, kind_of};
 use anyhow::Context;
 use safetensors::{Dtype, SafeTensors, View};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Why a file is not a loadable kestrel model. Returned inside the [`anyhow::Error`] of
 /// [`read_model_file`] / [`super::load_model`]; match it with `err.downcast_ref()`.
@@ -209,38 +210,6 @@ fn check_header(path: &Path, header: &HashMap<String, String>) -> Result<ModelMe
     }
     let json = header.get(META_KEY).ok_or_else(|| corrupt(path, format!("no {META_KEY} in the metadata")))?;
     serde_json::from_str(json).map_err(|e| corrupt(path, format!("{META_KEY} is not valid model metadata ({e})")))
-}
-
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    Some(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::F64 => Kind::Double,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::I64 => Kind::Int64,
-        Dtype::I32 => Kind::Int,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I8 => Kind::Int8,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::BOOL => Kind::Bool,
-        _ => return None,
-    })
-}
-
-fn dtype_of(kind: Kind) -> Option<Dtype> {
-    Some(match kind {
-        Kind::Float => Dtype::F32,
-        Kind::Double => Dtype::F64,
-        Kind::Half => Dtype::F16,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Int64 => Dtype::I64,
-        Kind::Int => Dtype::I32,
-        Kind::Int16 => Dtype::I16,
-        Kind::Int8 => Dtype::I8,
-        Kind::Uint8 => Dtype::U8,
-        Kind::Bool => Dtype::BOOL,
-        _ => return None,
-    })
 }
 
 /// A tensor's bytes on the CPU, as safetensors wants them.

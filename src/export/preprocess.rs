@@ -2,6 +2,7 @@
 //! presizing `Resize`, as the model file describes it, and collation.
 
 use super::meta::InferenceTransforms;
+use crate::data::loader::{collate_u8, hwc_to_chw};
 use crate::data::{ItemTfm, PadMode, ResizeMethod};
 use anyhow::bail;
 use image::RgbImage;
@@ -26,18 +27,16 @@ pub fn item_tfm(t: &InferenceTransforms) -> crate::Result<ItemTfm> {
     Ok(ItemTfm::Resize { size: (t.presize, t.presize), method, pad_mode })
 }
 
-/// Stacks same-sized RGB images into a `u8` tensor (N, 3, H, W) on the CPU.
+/// Stacks same-sized RGB images into a `u8` tensor (N, 3, H, W) on the CPU, as the data
+/// loader collates.
 ///
 /// Errors: no images, or images of different sizes.
 pub fn to_batch(imgs: &[RgbImage]) -> crate::Result<Tensor> {
     let Some(first) = imgs.first() else { bail!("no images to batch") };
     let (w, h) = first.dimensions();
-    let mut data = Vec::with_capacity(imgs.len() * (w * h * 3) as usize);
-    for img in imgs {
-        if img.dimensions() != (w, h) {
-            bail!("images of different sizes in one batch: {:?} and {:?}", (w, h), img.dimensions());
-        }
-        data.extend_from_slice(img.as_raw());
+    if let Some(other) = imgs.iter().find(|i| i.dimensions() != (w, h)) {
+        bail!("images of different sizes in one batch: {:?} and {:?}", (w, h), other.dimensions());
     }
-    Ok(Tensor::from_slice(&data).view([imgs.len() as i64, h as i64, w as i64, 3]).permute([0, 3, 1, 2]).contiguous())
+    let planar: Vec<Vec<u8>> = imgs.iter().map(|i| hwc_to_chw(i.as_raw(), (w * h) as usize)).collect();
+    Ok(collate_u8(planar.iter().map(Vec::as_slice), imgs.len(), h, w))
 }

@@ -26,7 +26,7 @@ use std::path::Path;
 use tch::{Tensor, nn::VarStore};
 
 pub use pth::{load_legacy, load_zip};
-pub use safetensors::load_safetensors;
+pub use safetensors::{dtype_of, kind_of, load_safetensors};
 
 /// Reads the state dict in `path`: a zip-format or legacy `.pth`/`.pt` file written by
 /// `torch.save` (a dict of tensors, or a checkpoint holding one under `"state_dict"` or
