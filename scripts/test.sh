@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
-cargo test --lib --bins --tests --examples "$@"
+cargo test --workspace --lib --bins --tests --examples "$@"
 # Benchmarks are compiled, not run here (they take minutes): `cargo bench --profile dev`.
 cargo test --benches --no-run

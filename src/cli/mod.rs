@@ -3,6 +3,7 @@
 
 pub mod check_data;
 pub mod data;
+pub mod export;
 pub mod fine_tune;
 pub mod interpret;
 pub mod pets;
@@ -36,6 +37,8 @@ pub enum Command {
     Pets(pets::PetsArgs),
     /// Predict with a trained model, or with a pretrained ImageNet network (`--imagenet`).
     Predict(predict::PredictArgs),
+    /// Convert a model file for deployment: ONNX with its preprocessing and metadata inside.
+    Export(export::ExportArgs),
     /// Look at a trained model's mistakes on labelled photos (fastai `ClassificationInterpretation`).
     Interpret(interpret::InterpretArgs),
 }
@@ -52,5 +55,6 @@ pub fn main() -> crate::Result<()> {
         Command::Pets(a) => pets::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Interpret(a) => interpret::run(a),
+        Command::Export(a) => export::run(a),
     }
 }

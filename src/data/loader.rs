@@ -111,18 +111,7 @@ impl Inner {
     }
 }
 
-/// Interleaved RGB (H, W, 3) → planar (3, H, W).
-pub(crate) fn hwc_to_chw(src: &[u8], n_px: usize) -> Vec<u8> {
-    let mut out = vec![0u8; n_px * 3];
-    let (r, rest) = out.split_at_mut(n_px);
-    let (g, b) = rest.split_at_mut(n_px);
-    for (i, px) in src.chunks_exact(3).enumerate() {
-        r[i] = px[0];
-        g[i] = px[1];
-        b[i] = px[2];
-    }
-    out
-}
+pub(crate) use kestrel_image::hwc_to_chw;
 
 /// Stacks `n` CHW `u8` images of `h`×`w` into one (n, 3, h, w) `u8` CPU tensor with a
 /// single copy of the pixels.

@@ -3,11 +3,11 @@
 
 pub mod block;
 pub mod check;
-pub mod decode;
+pub use kestrel_image::decode;
 pub mod items;
 pub mod label;
 pub mod loader;
-pub mod resize;
+pub use kestrel_image::resize;
 pub mod show;
 pub mod split;
 pub mod summary;

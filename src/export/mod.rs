@@ -10,9 +10,11 @@
 mod build;
 mod file;
 mod meta;
+pub mod onnx;
 mod predictor;
 mod preprocess;
 
+pub use onnx::export_onnx;
 pub use build::{BuildFn, LoadedModel, build_model, load_model, register_arch};
 pub use file::{ModelFile, ModelFileError, read_model_file, read_model_meta};
 pub use meta::{

@@ -144,12 +144,24 @@ impl Predictor {
         self.forward(x, &self.valid, false, &mut seeded(0))
     }
 
-    fn forward(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {
+    /// Logits (N, C) `f32` on the CPU for a presized `u8` batch (N, 3, H, W): what
+    /// [`Predictor::predict_batch`] computes before the softmax (the ONNX export's
+    /// `logits` output computes the same).
+    ///
+    /// Errors: as [`Predictor::predict_batch`].
+    pub fn logits_batch(&self, x: &Tensor) -> crate::Result<Tensor> {
+        self.logits(x, &self.valid, false, &mut seeded(0))
+    }
+
+    fn logits(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {
         tch::no_grad(|| {
             let x = tfm.apply(&x.to_device(self.device), train, rng)?;
-            let logits = self.model.forward_t(&x, false);
-            Ok(logits.to_kind(Kind::Float).softmax(-1, Kind::Float).to_device(Device::Cpu))
+            Ok(self.model.forward_t(&x, false).to_kind(Kind::Float).to_device(Device::Cpu))
         })
+    }
+
+    fn forward(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {
+        Ok(self.logits(x, tfm, train, rng)?.softmax(-1, Kind::Float))
     }
 
     /// Predicts one decoded photo (fastai `Learner.predict`): presize, validation batch

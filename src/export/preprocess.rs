@@ -3,7 +3,7 @@
 
 use super::meta::InferenceTransforms;
 use crate::data::loader::{collate_u8, hwc_to_chw};
-use crate::data::{ItemTfm, PadMode, ResizeMethod};
+use crate::data::ItemTfm;
 use anyhow::bail;
 use image::RgbImage;
 use tch::Tensor;
@@ -12,19 +12,7 @@ use tch::Tensor;
 ///
 /// Errors: an unknown resize method or padding mode, naming it.
 pub fn item_tfm(t: &InferenceTransforms) -> crate::Result<ItemTfm> {
-    let method = match t.resize_method.as_str() {
-        "crop" => ResizeMethod::Crop,
-        "pad" => ResizeMethod::Pad,
-        "squish" => ResizeMethod::Squish,
-        m => bail!("unknown resize method '{m}' in the model file (crop, pad or squish)"),
-    };
-    let pad_mode = match t.pad_mode.as_str() {
-        "zeros" => PadMode::Zeros,
-        "reflection" => PadMode::Reflection,
-        "border" => PadMode::Border,
-        m => bail!("unknown padding mode '{m}' in the model file (zeros, reflection or border)"),
-    };
-    Ok(ItemTfm::Resize { size: (t.presize, t.presize), method, pad_mode })
+    ItemTfm::presize(t.presize, &t.resize_method, &t.pad_mode)
 }
 
 /// Stacks same-sized RGB images into a `u8` tensor (N, 3, H, W) on the CPU, as the data

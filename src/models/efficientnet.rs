@@ -52,8 +52,66 @@ fn round_repeats(repeats: usize, depth: f64) -> usize {
     (depth * repeats as f64).ceil() as usize
 }
 
+/// BatchNorm epsilon of every EfficientNet-Lite BatchNorm (TensorFlow's 1e-3).
+pub const BN_EPS: f64 = 1e-3;
+
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    batch_norm(p, c, 1e-3, 0.01)
+    batch_norm(p, c, BN_EPS, 0.01)
+}
+
+/// One MBConv block of EfficientNet-Lite as the stage table lays it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// Depthwise kernel size (3 or 5).
+    pub kernel: i64,
+    /// Depthwise stride (1 or 2).
+    pub stride: i64,
+    /// Expansion ratio of the 1×1 expand conv (1: no expand conv).
+    pub expand: i64,
+    /// Input channels.
+    pub c_in: i64,
+    /// Output channels.
+    pub c_out: i64,
+}
+
+impl BlockSpec {
+    /// True when the block adds its input to its output (stride 1, same channels).
+    pub fn skip(&self) -> bool {
+        self.stride == 1 && self.c_in == self.c_out
+    }
+}
+
+/// The MBConv blocks of EfficientNet-Lite`variant` (0…4) in order, and the index one past
+/// the last block of each of the 7 stages.
+///
+/// Errors: a variant outside 0…4.
+pub fn block_specs(variant: usize) -> crate::Result<(Vec<BlockSpec>, Vec<usize>)> {
+    let Some(&(width, depth, _, _)) = LITE_PARAMS.get(variant) else {
+        anyhow::bail!("EfficientNet-Lite{variant} does not exist: use 0, 1, 2, 3 or 4")
+    };
+    let mut specs = Vec::new();
+    let mut stage_ends = Vec::new();
+    for (si, &(r, k, s, e, i, o)) in STAGES.iter().enumerate() {
+        let fixed = si == 0 || si == STAGES.len() - 1;
+        let repeats = if fixed { r } else { round_repeats(r, depth) };
+        let mut c_in = if si == 0 { 32 } else { round_filters(i, width) };
+        let c_out = round_filters(o, width);
+        for j in 0..repeats {
+            let stride = if j == 0 { s } else { 1 };
+            specs.push(BlockSpec { kernel: k, stride, expand: e, c_in, c_out });
+            c_in = c_out;
+        }
+        stage_ends.push(specs.len());
+    }
+    Ok((specs, stage_ends))
+}
+
+/// TensorFlow "SAME" padding of one axis of `n` pixels for a `k`-wide kernel with
+/// `stride`: the total `max((⌈n/stride⌉ − 1)·stride + k − n, 0)`; the output has
+/// ⌈n/stride⌉ pixels and the extra pixel of an odd total goes to the bottom/right.
+pub fn same_padding(n: i64, k: i64, stride: i64) -> i64 {
+    let out = (n + stride - 1) / stride;
+    ((out - 1) * stride + k - n).max(0)
 }
 
 /// A convolution with TensorFlow "SAME" padding, no bias.
@@ -74,11 +132,7 @@ impl SameConv {
 
     fn forward(&self, xs: &Tensor) -> Tensor {
         let size = xs.size();
-        let pad = |n: i64| {
-            let out = (n + self.stride - 1) / self.stride;
-            ((out - 1) * self.stride + self.k - n).max(0)
-        };
-        let (ph, pw) = (pad(size[2]), pad(size[3]));
+        let (ph, pw) = (same_padding(size[2], self.k, self.stride), same_padding(size[3], self.k, self.stride));
         let s = [self.stride, self.stride];
         if ph % 2 == 0 && pw % 2 == 0 {
             // Symmetric: let the convolution pad (no extra copy).
@@ -142,31 +196,16 @@ impl LiteBody {
     ///
     /// Errors: a variant outside 0…4.
     pub fn new(p: &nn::Path, variant: usize) -> crate::Result<LiteBody> {
-        let Some(&(width, depth, _, _)) = LITE_PARAMS.get(variant) else {
-            anyhow::bail!("EfficientNet-Lite{variant} does not exist: use 0, 1, 2, 3 or 4")
-        };
+        let (specs, stage_ends) = block_specs(variant)?;
         let stem = SameConv::new(p / "_conv_stem", 3, 32, 3, 2, 1);
         let bn0 = bn(p / "_bn0", 32);
-        let mut specs = Vec::new();
-        let mut stage_ends = Vec::new();
-        for (si, &(r, k, s, e, i, o)) in STAGES.iter().enumerate() {
-            let fixed = si == 0 || si == STAGES.len() - 1;
-            let repeats = if fixed { r } else { round_repeats(r, depth) };
-            let mut c_in = if si == 0 { 32 } else { round_filters(i, width) };
-            let c_out = round_filters(o, width);
-            for j in 0..repeats {
-                let stride = if j == 0 { s } else { 1 };
-                specs.push((k, stride, e, c_in, c_out));
-                c_in = c_out;
-            }
-            stage_ends.push(specs.len());
-        }
         let n_blocks = specs.len();
         let blocks_p = p / "_blocks";
         let blocks = specs
             .iter()
             .enumerate()
-            .map(|(idx, &(k, stride, e, c_in, c_out))| {
+            .map(|(idx, b)| {
+                let BlockSpec { kernel: k, stride, expand: e, c_in, c_out } = *b;
                 let bp = &blocks_p / idx;
                 let mid = c_in * e;
                 let expand =
@@ -177,12 +216,12 @@ impl LiteBody {
                     bn1: bn(&bp / "_bn1", mid),
                     project: SameConv::new(&bp / "_project_conv", mid, c_out, 1, 1, 1),
                     bn2: bn(&bp / "_bn2", c_out),
-                    skip: stride == 1 && c_in == c_out,
+                    skip: b.skip(),
                     drop_connect: DROP_CONNECT_RATE * idx as f64 / n_blocks as f64,
                 }
             })
             .collect();
-        let last = specs.last().map(|s| s.4).unwrap_or(32);
+        let last = specs.last().map(|s| s.c_out).unwrap_or(32);
         let head = SameConv::new(p / "_conv_head", last, HEAD_CHANNELS, 1, 1, 1);
         let bn1 = bn(p / "_bn1", HEAD_CHANNELS);
         Ok(LiteBody { stem, bn0, blocks, head, bn1, stage_ends })

@@ -15,10 +15,13 @@ pub const HIDDEN: i64 = 512;
 /// Dropout before the last linear layer (fastai `ps=0.5`); the first one uses half.
 pub const PS: f64 = 0.5;
 
+/// Epsilon of the head's BatchNorm1d layers (PyTorch's default).
+pub const BN_EPS: f64 = 1e-5;
+
 /// fastai `BatchNorm(nf, ndim=1)`: weight 1, bias 1e-3, eps 1e-5, momentum 0.1.
 fn fastai_bn1d(p: nn::Path, c: i64) -> nn::BatchNorm {
     let cfg = nn::BatchNormConfig {
-        eps: 1e-5,
+        eps: BN_EPS,
         momentum: 0.1,
         ws_init: nn::Init::Const(1.0),
         bs_init: nn::Init::Const(1e-3),

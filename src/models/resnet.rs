@@ -42,8 +42,11 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -
     conv_no_bias(p, c_in, c_out, k, stride, padding, 1, CONV_INIT)
 }
 
+/// BatchNorm epsilon of every ResNet BatchNorm (PyTorch's default).
+pub const BN_EPS: f64 = 1e-5;
+
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    batch_norm(p, c, 1e-5, 0.1)
+    batch_norm(p, c, BN_EPS, 0.1)
 }
 
 /// A residual block: BasicBlock (two 3×3 convs) or Bottleneck (1×1, 3×3, 1×1 with 4×

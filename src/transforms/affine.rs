@@ -224,13 +224,24 @@ pub const MIN_PRESHRINK: f64 = 1.1;
 /// the most expensive step of the batch transforms on the CPU (170 ms of 380 ms for a
 /// 64-image batch on 2 cores). Larger reductions (e.g. 460 → 128, d = 1.8) still get it.
 fn shrink_first(x: &Tensor, maps: &[Mat3], out_h: i64, out_w: i64, s: Sampling) -> Tensor {
-    if s.mode != Interpolation::Bilinear {
-        return x.shallow_clone();
-    }
     let (h, w) = (x.size()[2], x.size()[3]);
+    match preshrink_size(h, w, maps, out_h, out_w, s) {
+        Some(size) => x.adaptive_avg_pool2d(size),
+        None => x.shallow_clone(),
+    }
+}
+
+/// The size (height, width) that [`resample`] area-shrinks an `h`×`w` batch to before
+/// sampling it through `maps` onto `out_h`×`out_w` (fastai `_grid_sample`'s pre-shrink,
+/// with kestrel's [`MIN_PRESHRINK`]), or `None` when it samples the batch as it is. The
+/// ONNX export builds the same step into its graph.
+pub fn preshrink_size(h: i64, w: i64, maps: &[Mat3], out_h: i64, out_w: i64, s: Sampling) -> Option<[i64; 2]> {
+    if s.mode != Interpolation::Bilinear {
+        return None;
+    }
     let d = (h as f64 / out_h as f64).min(w as f64 / out_w as f64) / 2.0;
     if d < MIN_PRESHRINK {
-        return x.shallow_clone();
+        return None;
     }
     let edge = |n: i64| if s.align_corners { 1.0 } else { (n - 1) as f64 / n as f64 };
     let (ex, ey) = (edge(out_w), edge(out_h));
@@ -246,12 +257,8 @@ fn shrink_first(x: &Tensor, maps: &[Mat3], out_h: i64, out_w: i64, s: Sampling) 
         }
     }
     let zoom = 1.0 / (mx - mn) * 2.0;
-    if d > zoom {
-        let f = 1.0 / d;
-        x.adaptive_avg_pool2d([(h as f64 * f).floor() as i64, (w as f64 * f).floor() as i64])
-    } else {
-        x.shallow_clone()
-    }
+    let f = 1.0 / d;
+    (d > zoom).then(|| [(h as f64 * f).floor() as i64, (w as f64 * f).floor() as i64])
 }
 
 /// True when `m` maps pixel centres of an `h`×`w` image exactly onto pixel centres of

@@ -74,7 +74,8 @@ impl BatchTfms {
         &self.normalize
     }
 
-    fn sampling(&self) -> Sampling {
+    /// How the resample samples (the augmentation's mode, padding and `align_corners`, else fastai's defaults).
+    pub(crate) fn sampling(&self) -> Sampling {
         self.aug.as_ref().map_or_else(Sampling::default, |a| Sampling {
             mode: a.mode,
             pad_mode: a.pad_mode,

@@ -37,20 +37,57 @@ pub fn decode_with_info(path: &Path) -> crate::Result<(RgbImage, DecodeInfo)> {
     decode_bytes(&bytes).with_context(|| format!("cannot decode {}", path.display()))
 }
 
+/// What decoding accepts, checked from the image header before any pixel buffer is
+/// allocated (a 100,000 × 100,000 PNG header is refused without allocating 30 GB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Most pixels (width × height) of an image; PIL's decompression-bomb error threshold
+    /// (2 × `Image.MAX_IMAGE_PIXELS` = 178,956,970) by default.
+    pub max_pixels: u64,
+    /// Most bytes the decoder may allocate (the image crate's `Limits::max_alloc`), 2 GiB by default.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self { max_pixels: 178_956_970, max_alloc: 2 << 30 }
+    }
+}
+
 /// Decodes an encoded image held in memory; see [`decode_rgb`].
 pub fn decode_bytes(bytes: &[u8]) -> crate::Result<(RgbImage, DecodeInfo)> {
+    decode_bytes_limited(bytes, &DecodeLimits::default())
+}
+
+/// [`decode_bytes`] with explicit [`DecodeLimits`]. Errors as [`decode_rgb`], plus an
+/// image larger than the limits ("W x H = N pixels, more than the limit of M"), refused
+/// from its header.
+pub fn decode_bytes_limited(bytes: &[u8], limits: &DecodeLimits) -> crate::Result<(RgbImage, DecodeInfo)> {
     if bytes.is_empty() {
         bail!("the file is empty (0 bytes)");
     }
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("cannot read the header")?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("cannot read the header")?;
     let Some(format) = reader.format() else {
         bail!("not an image: the content matches no known image format");
     };
     if format == image::ImageFormat::Jpeg {
         check_jpeg_complete(bytes)?;
     }
+    let mut lim = image::Limits::default();
+    lim.max_alloc = Some(limits.max_alloc);
+    reader.limits(lim);
     let mut dec = reader.into_decoder().with_context(|| format!("bad {format:?} header"))?;
     let stored_size = dec.dimensions();
+    let pixels = stored_size.0 as u64 * stored_size.1 as u64;
+    if pixels > limits.max_pixels {
+        bail!(
+            "the image is {} x {} = {pixels} pixels, more than the limit of {} (a decompression bomb?)",
+            stored_size.0, stored_size.1, limits.max_pixels
+        );
+    }
+    if pixels == 0 {
+        bail!("the image is {} x {} pixels: nothing to predict", stored_size.0, stored_size.1);
+    }
     let color = format!("{:?}", dec.original_color_type());
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(dec).with_context(|| format!("corrupt or truncated {format:?} data"))?;

@@ -1,12 +1,11 @@
 //! Presizing item transforms on the CPU (fastai `Resize`, `RandomResizedCrop`), with
 //! antialiased bilinear resampling as PIL's `BILINEAR` that fastai uses.
 
-use crate::util::rng::Rng;
 use anyhow::{Context, bail};
 use fast_image_resize::images::{CroppedImage, Image as FrImage};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
-use rand::Rng as _;
+use rand::Rng;
 use std::cell::RefCell;
 
 /// How `Resize` reaches the target aspect ratio (fastai `ResizeMethod`).
@@ -77,6 +76,27 @@ impl ItemTfm {
         Self::RandomResizedCrop { size: (size, size), min_scale, max_scale: 1.0, ratio: (0.75, 4.0 / 3.0), val_xtra: 0.14 }
     }
 
+    /// The validation presize of a model file or ONNX metadata: fastai `Resize(presize,
+    /// method, pad_mode)` square, from their names (`crop`/`pad`/`squish`;
+    /// `zeros`/`reflection`/`border`).
+    ///
+    /// Errors: an unknown method or padding mode, naming it.
+    pub fn presize(presize: u32, method: &str, pad_mode: &str) -> crate::Result<Self> {
+        let method = match method {
+            "crop" => ResizeMethod::Crop,
+            "pad" => ResizeMethod::Pad,
+            "squish" => ResizeMethod::Squish,
+            m => bail!("unknown resize method '{m}' in the model file (crop, pad or squish)"),
+        };
+        let pad_mode = match pad_mode {
+            "zeros" => PadMode::Zeros,
+            "reflection" => PadMode::Reflection,
+            "border" => PadMode::Border,
+            m => bail!("unknown padding mode '{m}' in the model file (zeros, reflection or border)"),
+        };
+        Ok(Self::Resize { size: (presize, presize), method, pad_mode })
+    }
+
     /// Output (height, width).
     pub fn size(&self) -> (u32, u32) {
         match self {
@@ -100,7 +120,7 @@ impl ItemTfm {
     /// deterministic (validation) behaviour; random draws come from `rng`.
     ///
     /// Errors: a zero-sized image or target.
-    pub fn apply(&self, img: &RgbImage, train: bool, rng: &mut Rng) -> crate::Result<RgbImage> {
+    pub fn apply(&self, img: &RgbImage, train: bool, rng: &mut impl Rng) -> crate::Result<RgbImage> {
         let (w, h) = img.dimensions();
         let (out_h, out_w) = self.size();
         if w == 0 || h == 0 || out_w == 0 || out_h == 0 {

@@ -1,0 +1,62 @@
+//! Finding image files in folders (fastai `get_image_files`).
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+
+/// File extensions counted as images (compared case-insensitively), as fastai's
+/// `image_extensions` restricted to the formats kestrel decodes.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff"];
+
+/// The image files found under a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFiles {
+    /// Paths of the images, sorted (byte order of the path), so every run sees the same order.
+    pub files: Vec<PathBuf>,
+    /// Number of other files that were ignored (e.g. the `.mat` files of the Oxford folder).
+    pub n_ignored: usize,
+}
+
+/// True when `path` has one of [`IMAGE_EXTENSIONS`] (any letter case).
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// The image files in `path` (and its subfolders when `recurse`), sorted (fastai
+/// `get_image_files(path, recurse=True)`). Hidden entries (names starting with `.`) are
+/// skipped, as fastai's `get_files` does for folders.
+///
+/// Errors: `path` is not a readable folder, naming it.
+pub fn get_image_files(path: &Path, recurse: bool) -> crate::Result<ImageFiles> {
+    if !path.is_dir() {
+        bail!("{} is not a folder (get_image_files needs the folder that holds the images)", path.display());
+    }
+    let mut out = ImageFiles { files: Vec::new(), n_ignored: 0 };
+    walk(path, recurse, &mut out)?;
+    out.files.sort();
+    Ok(out)
+}
+
+fn walk(dir: &Path, recurse: bool, out: &mut ImageFiles) -> crate::Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read folder {}", dir.display()))?;
+        let p = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = entry.file_type().with_context(|| format!("cannot stat {}", p.display()))?;
+        let is_dir = ft.is_dir() || (ft.is_symlink() && p.is_dir());
+        if is_dir {
+            if recurse {
+                walk(&p, recurse, out)?;
+            }
+        } else if is_image_file(&p) {
+            out.files.push(p);
+        } else {
+            out.n_ignored += 1;
+        }
+    }
+    Ok(())
+}

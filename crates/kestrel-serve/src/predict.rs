@@ -1,0 +1,142 @@
+//! `kestrel-serve predict MODEL.onnx FILES|FOLDERS…`: the JSON lines of `kestrel predict
+//! --json`, from the ONNX model.
+
+use crate::model::{OnnxModel, preprocess};
+use anyhow::bail;
+use kestrel_image::decode::DecodeLimits;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Files given explicitly are kept whatever their extension; folders are searched
+/// recursively for images (fastai `get_image_files`), sorted — as `kestrel predict`.
+///
+/// Errors: a path that does not exist, naming it.
+pub fn expand_paths(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            out.extend(kestrel_image::files::get_image_files(p, true)?.files);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            bail!("{} does not exist", p.display());
+        }
+    }
+    Ok(out)
+}
+
+/// One JSON line as `kestrel predict --json` prints it: `{"file", "label", "index",
+/// "top": [{"label", "index", "prob"}]}`, probabilities rounded to 4 decimals.
+pub fn json_line(file: &str, probs: &[f32], vocab: &[String], topk: usize) -> serde_json::Value {
+    let top = top_k(probs, topk.max(1));
+    let best = top[0].0;
+    let top: Vec<serde_json::Value> = top
+        .iter()
+        .map(|&(i, p)| serde_json::json!({"label": vocab[i], "index": i, "prob": (p as f64 * 1e4).round() / 1e4}))
+        .collect();
+    serde_json::json!({"file": file, "label": vocab[best], "index": best, "top": top})
+}
+
+/// The `k` most probable classes (index, probability), most probable first, ties by index.
+pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
+}
+
+/// Probabilities of every photo of `paths`, in order: decoded and presized on `workers`
+/// threads while the model runs batches of `bs`. A photo that cannot be read or decoded
+/// gets its error (naming it); the others are still predicted.
+pub fn predict_paths(model: &mut OnnxModel, paths: &[PathBuf], bs: usize, workers: usize) -> Vec<anyhow::Result<Vec<f32>>> {
+    let bs = bs.max(1);
+    let tfm = model.info.item_tfm.clone();
+    let limits = DecodeLimits::default();
+    let load = |p: &Path| -> anyhow::Result<Vec<u8>> {
+        let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+        preprocess(&bytes, &tfm, &limits).map_err(|e| anyhow::anyhow!("cannot decode {}: {e:#}", p.display()))
+    };
+    let mut results: Vec<Option<anyhow::Result<Vec<f32>>>> = (0..paths.len()).map(|_| None).collect();
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, anyhow::Result<Vec<u8>>)>(2 * bs);
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            let (tx, next, load) = (tx.clone(), &next, &load);
+            s.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= paths.len() || tx.send((i, load(&paths[i]))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut batch: Vec<(usize, Vec<u8>)> = Vec::with_capacity(bs);
+        let mut flush = |batch: &mut Vec<(usize, Vec<u8>)>, results: &mut Vec<Option<anyhow::Result<Vec<f32>>>>| {
+            if batch.is_empty() {
+                return;
+            }
+            let n = batch.len();
+            let pixels: Vec<u8> = batch.iter().flat_map(|(_, px)| px.iter().copied()).collect();
+            match model.probs(pixels, n) {
+                Ok(rows) => {
+                    for ((i, _), row) in batch.iter().zip(rows) {
+                        results[*i] = Some(Ok(row));
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in batch.iter() {
+                        results[*i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[*i].display())));
+                    }
+                }
+            }
+            batch.clear();
+        };
+        for (i, r) in rx {
+            match r {
+                Ok(px) => batch.push((i, px)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+            if batch.len() == bs {
+                flush(&mut batch, &mut results);
+            }
+        }
+        flush(&mut batch, &mut results);
+    });
+    results
+        .into_iter()
+        .zip(paths)
+        .map(|(r, p)| r.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not processed", p.display()))))
+        .collect()
+}
+
+/// Predicts every photo of `inputs` (files, or folders searched recursively) and prints
+/// one JSON line each, in order (an unreadable photo gets `{"file", "error"}`).
+///
+/// Errors: a path that does not exist; no photos; after printing everything, "N of M
+/// photos could not be predicted".
+pub fn run(model: &mut OnnxModel, inputs: &[PathBuf], bs: usize, workers: usize, topk: usize) -> anyhow::Result<()> {
+    let paths = expand_paths(inputs)?;
+    if paths.is_empty() {
+        bail!("no photos found in {}", inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let results = predict_paths(model, &paths, bs, workers);
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0usize;
+    for (path, r) in paths.iter().zip(&results) {
+        let file = path.display().to_string();
+        let line = match r {
+            Ok(probs) => json_line(&file, probs, &model.info.vocab, topk),
+            Err(e) => {
+                failed += 1;
+                serde_json::json!({"file": file, "error": format!("{e:#}")})
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    if failed > 0 {
+        bail!("{failed} of {} photos could not be predicted (see the messages above)", paths.len());
+    }
+    Ok(())
+}
