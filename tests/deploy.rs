@@ -3,17 +3,18 @@
 //! vs the third-party Python client (onnxruntime + Pillow + the .onnx metadata only);
 //! the PyPI `onnx` checker with full_check.
 //!
-//! Model: EfficientNet-Lite0 with its pretrained body and a seeded fastai head (training
-//! a head would take minutes here; the comparison is about preprocessing and the graph),
-//! at kestrel's default recipe (presize 460, size 224, aug_transforms(min_scale=0.75)).
+//! Model: EfficientNet-Lite0 with its pretrained body and fastai's head trained for one
+//! frozen epoch, kestrel's default recipe (presize 460, size 224, min_scale 0.75).
 //! Needs ../shared/data/oxford-pets-sample and kestrel's venv (scripts/setup.sh); skips
 //! with a reason otherwise, but fails with CI=true when onnxruntime or the venv is missing.
 
 use kestrel::export::{ArchSpec, InferenceTransforms, ModelCard, Predictor, expand_image_paths, export, load_model};
-use kestrel::models::{Arch, VisionModel};
+use kestrel::data::{DataBlock, ItemTfm, Labeller, Source, Splitter};
+use kestrel::learner::{vision_batch_tfms, vision_learner};
+use kestrel::models::Arch;
+use std::sync::Arc;
 use kestrel_serve::model::OnnxModel;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 use tch::Device;
 
@@ -44,32 +45,38 @@ fn onnx_matches_kestrel_on_the_pet_photos() {
         return skip(test, "needs kestrel's venv (scripts/setup.sh)");
     };
     tch::set_num_threads(2);
-    tch::manual_seed(7);
+    // A short real run: the pretrained body and a head trained for one frozen epoch
+    // (fastai's recipe: Resize(460), aug_transforms(224, min_scale=0.75), bs 32).
     let arch = Arch::EfficientNetLite0;
-    let mut rdr = csv::Reader::from_path(dir.join("labels.csv")).unwrap();
-    let mut vocab: Vec<String> = rdr.records().map(|r| r.unwrap()[1].to_owned()).collect();
-    vocab.sort();
-    vocab.dedup();
-    let mut model = VisionModel::new(arch, vocab.len() as i64, Device::Cpu).unwrap();
-    model.load_pretrained_body(kestrel::models::weights::load_state_dict(&weights).unwrap()).unwrap();
-    let norm = arch.normalization();
+    let dls = DataBlock::new(Source::Folder { path: dir.join("images"), recurse: true }, Labeller::name_regex(r"^(.+)_\d+\.jpg$").unwrap())
+        .splitter(Splitter::Random { valid_pct: 0.2, seed: 42 })
+        .item_tfm(Some(ItemTfm::resize(460)))
+        .batch_tfms(Some(Arc::new(vision_batch_tfms(arch, 224, 0.75).unwrap())))
+        .bs(32)
+        .dataloaders()
+        .unwrap();
+    tch::manual_seed(7);
+    let mut learn = vision_learner(dls, arch, Some(&weights)).unwrap().with_seed(7);
+    learn.freeze();
+    learn.fit_one_cycle(1, 1e-2).unwrap();
+    let tfms = vision_batch_tfms(arch, 224, 0.75).unwrap();
     let card = ModelCard {
-        arch: ArchSpec { name: arch.name().into(), n_out: vocab.len(), hyper: serde_json::Value::Null },
-        vocab,
+        arch: ArchSpec { name: arch.name().into(), n_out: learn.dls.vocab.len(), hyper: serde_json::Value::Null },
+        vocab: learn.dls.vocab.items().to_vec(),
         transforms: InferenceTransforms {
             presize: 460,
             size: 224,
             resize_method: "crop".into(),
             pad_mode: "reflection".into(),
-            mean: norm.mean.map(f64::from),
-            std: norm.std.map(f64::from),
-            augment: Some(kestrel::transforms::aug_transforms().with_min_scale(0.75)),
+            mean: tfms.normalize().mean,
+            std: tfms.normalize().std,
+            augment: tfms.aug().cloned(),
         },
         training: None,
     };
     let tmp = tempfile::tempdir().unwrap();
     let (st, onnx_path) = (tmp.path().join("model.safetensors"), tmp.path().join("model.onnx"));
-    export(&st, &model, &card).unwrap();
+    export(&st, learn.model.as_ref(), &card).unwrap();
     let loaded = load_model(&st, Device::Cpu).unwrap();
     kestrel::export::export_onnx(&onnx_path, loaded.model.as_ref(), &loaded.meta).unwrap();
 
@@ -108,5 +115,4 @@ fn onnx_matches_kestrel_on_the_pet_photos() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "onnx.checker.check_model(full_check=True) failed: {text}");
     assert!(text.contains("ok: IR 8, opset 17"), "{text}");
-    let _: PathBuf = onnx_path;
 }

@@ -16,10 +16,10 @@ cd "$root"
 threads=${THREADS:-2}
 sample="$root/../shared/data/oxford-pets-sample"
 [ -d "$sample" ] || { echo "deploy bench needs $sample"; exit 1; }
-cargo build --release --bin kestrel-serve -p kestrel-serve
-cargo build --bin kestrel
+# The same (dev) profile for both binaries, the one the tests use: dependencies at -O3.
+cargo build --bin kestrel --bin kestrel-serve --workspace
 K="$CARGO_TARGET_DIR/debug/kestrel"
-serve="$CARGO_TARGET_DIR/release/kestrel-serve"
+serve="$CARGO_TARGET_DIR/debug/kestrel-serve"
 out=runs/deploy-bench
 mkdir -p "$out"
 model=${1:-$out/model.safetensors}
@@ -51,8 +51,10 @@ print(f"ratio: {(t1 - t0) / (t2 - t1):.2f}x   same top-1: {same}/{n}   max |top 
 PY
 lib=$(ls "$(dirname "$(readlink -f .libtorch)")"/onnxruntime/capi/libonnxruntime.so.1.32.0)
 size() { stat -c %s "$1"; }
-total=$(( $(size "$serve") + $(size "$lib") + $(size "$onnx") ))
-echo "deploy bundle: kestrel-serve $(( $(size "$serve") / 1024 )) KiB + libonnxruntime.so.1.32.0 $(( $(size "$lib") / 1024 )) KiB + model.onnx $(( $(size "$onnx") / 1024 )) KiB = $(( total / 1024 / 1024 )) MiB"
+strip -o "$out/kestrel-serve" "$serve"   # what a bundle ships: no debug line tables
+serve_bin="$out/kestrel-serve"
+total=$(( $(size "$serve_bin") + $(size "$lib") + $(size "$onnx") ))
+echo "deploy bundle: kestrel-serve (stripped) $(( $(size "$serve_bin") / 1024 )) KiB + libonnxruntime.so.1.32.0 $(( $(size "$lib") / 1024 )) KiB + model.onnx $(( $(size "$onnx") / 1024 )) KiB = $(( total / 1024 / 1024 )) MiB"
 echo "ldd kestrel-serve:"
 ldd "$serve"
 if ldd "$serve" | grep -qi torch; then echo "FAIL: kestrel-serve links libtorch"; exit 1; fi
