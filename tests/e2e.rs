@@ -124,7 +124,7 @@ fn show_batch_with_augmentation_draws_the_grid() {
     let (tmp, images) = shapes_tmp(6);
     let out = tmp.path().join("unique.png");
     let o = kestrel(&["data", "show-batch", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
-                      "--presize", "40", "--bs", "4", "--out", out.to_str().unwrap(), "--unique", "--aug-size", "32",
+                      "--presize", "40", "--bs", "4", "--out", out.to_str().unwrap(), "--unique", "--size", "32",
                       "--nrows", "2", "--ncols", "2"], &[]);
     assert!(o.status.success());
     let img = image::open(&out).unwrap();

@@ -93,6 +93,7 @@ fn card(vocab: &[&str]) -> ModelCard {
             metrics: [("error_rate".to_string(), 0.25)].into(),
             date: export::utc_now_iso8601(),
         }),
+        output: Default::default(),
     }
 }
 

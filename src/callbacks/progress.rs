@@ -31,7 +31,8 @@ pub fn format_time(secs: f64) -> String {
 }
 
 fn row(cells: &[String]) -> String {
-    cells.iter().map(|c| format!("{c:<12}")).collect::<Vec<_>>().join("").trim_end().to_string()
+    // 12 columns per cell as fastai's table; a longer name (accuracy_multi) keeps one space.
+    cells.iter().map(|c| format!("{c:<11} ")).collect::<Vec<_>>().join("").trim_end().to_string()
 }
 
 impl Callback for ProgressCallback {

@@ -2,15 +2,18 @@
 //! presizing and `aug_transforms`, `vision_learner`, `lr_find`, `fine_tune` — writing
 //! the plots, the metrics, a checkpoint and `report.html` into `--out`.
 
+use super::aug::AugOpts;
 use super::data::DataOpts;
 use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
 use crate::data::Datasets;
 use crate::data::show::{Denorm, show_loader_batch};
-use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
+use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_aug_batch_tfms, vision_learner};
 use crate::models::Arch;
-use crate::export::{ArchSpec, InferenceTransforms, ModelCard, TrainingSummary, export, utc_now_iso8601};
-use crate::interpret::{ClassificationInterpretation, get_preds, plot_confusion_matrix, plot_top_losses};
+use crate::export::{Activation, ArchSpec, InferenceTransforms, ModelCard, OutputSpec, TrainingSummary, export, utc_now_iso8601};
+use crate::interpret::{ClassificationInterpretation, MultiLabelReport, best_threshold, get_multi_preds, get_preds, plot_confusion_matrix, plot_top_losses};
+use crate::learner::BCEWithLogitsLossFlat;
+use crate::metrics::{F1ScoreMulti, accuracy_multi};
 use crate::models::zoo::weights_file;
 use crate::report::Section;
 use anyhow::{Context, bail};
@@ -41,14 +44,9 @@ pub struct FineTuneArgs {
     /// Pretrained weight file to use instead of the downloaded/installed one.
     #[arg(long, value_name = "FILE", conflicts_with = "no_pretrained")]
     pub weights: Option<PathBuf>,
-    /// Side of the square training images after the batch transforms (fastai
-    /// `aug_transforms(size=...)`), pixels.
-    #[arg(long, default_value_t = 224)]
-    pub size: i64,
-    /// Smallest fraction of the image area the random-resized crop keeps (fastai
-    /// `aug_transforms(min_scale=...)`).
-    #[arg(long, default_value_t = 0.75)]
-    pub min_scale: f64,
+    /// The batch augmentation (fastai `aug_transforms`; the same options as `kestrel data`).
+    #[command(flatten)]
+    pub aug: AugOpts,
     /// Epochs with the whole network trainable (fastai `fine_tune(epochs)`).
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
@@ -64,6 +62,13 @@ pub struct FineTuneArgs {
     /// sweep gives suggestions (at least 10 batches that do not diverge at once).
     #[arg(long, default_value_t = 100)]
     pub lr_find_iters: usize,
+    /// Multi-label data (`--label-delim`): the decision threshold on each label's sigmoid
+    /// for `accuracy_multi`, F1 and predictions (the book's 0.2; fastai's default 0.5), or
+    /// `auto`: train with 0.2, then choose the threshold maximising F1 (samples) on the
+    /// validation set and store it in the model file (the report says the scores were
+    /// tuned on that set).
+    #[arg(long, default_value = "0.2", value_name = "P|auto")]
+    pub thresh: String,
     /// Mixed precision with float16 and loss scaling (fastai `to_fp16`); needs a CUDA GPU.
     #[arg(long, conflicts_with = "bf16")]
     pub fp16: bool,
@@ -96,6 +101,21 @@ pub struct FineTuneResult {
     pub fit_secs: f64,
     /// The base learning rate used.
     pub lr: f64,
+    /// Multi-label runs: the outcome on the validation set at the model's threshold.
+    pub multi_label: Option<MultiLabelOutcome>,
+}
+
+/// How a multi-label run ends on the validation set.
+#[derive(Debug, Clone)]
+pub struct MultiLabelOutcome {
+    /// The threshold stored in the model file.
+    pub thresh: f64,
+    /// True when it was chosen on the validation set (`--thresh auto`).
+    pub tuned: bool,
+    /// F1 (samples) at `thresh`, in [0, 1].
+    pub f1_samples: f64,
+    /// accuracy_multi at `thresh`, in [0, 1].
+    pub accuracy_multi: f64,
 }
 
 /// Runs `kestrel fine-tune` and prints where the outputs are.
@@ -103,7 +123,13 @@ pub struct FineTuneResult {
 /// Errors: as [`fine_tune`].
 pub fn run(args: FineTuneArgs) -> crate::Result<()> {
     let r = fine_tune(&args)?;
-    println!("error_rate {:.4}; outputs in {}", r.error_rate, r.out.display());
+    match &r.multi_label {
+        Some(m) => println!("f1_score (samples) {:.4}, accuracy_multi {:.4} at threshold {}{}; outputs in {}",
+                            m.f1_samples, m.accuracy_multi, m.thresh,
+                            if m.tuned { " (chosen on the validation set: these scores are optimistic)" } else { "" },
+                            r.out.display()),
+        None => println!("error_rate {:.4}; outputs in {}", r.error_rate, r.out.display()),
+    }
     println!("report: {}", r.out.join("report.html").display());
     Ok(())
 }
@@ -118,6 +144,7 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
 /// the data, weight and training errors; `--resume` without a checkpoint; an interrupt.
 pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let arch: Arch = args.arch.parse()?;
+    let thresh = parse_thresh(&args.thresh)?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
@@ -126,7 +153,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
     }
 
-    let tfms = vision_batch_tfms(arch, args.size, args.min_scale)?;
+    let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let norm = tfms.normalize().clone();
     let dls = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
     show_loader_batch(&dls.train, &dls.datasets.vocab, 3, 3, false,
@@ -136,6 +163,13 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     // fastai `set_seed(seed)`: the new head's initial weights come from torch's generator.
     tch::manual_seed(args.data.seed as i64);
     let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(args.data.seed);
+    if dls.datasets.multi_labels.is_some() {
+        // fastai's multi-label learner (book chapter 6): BCEWithLogitsLossFlat,
+        // accuracy_multi and F1ScoreMulti(average='samples') at the threshold.
+        let t = thresh.unwrap_or(DEFAULT_THRESH);
+        learn.loss_func = Box::new(BCEWithLogitsLossFlat { thresh: t });
+        learn.metrics = vec![accuracy_multi(t), Box::new(F1ScoreMulti::new(t))];
+    }
     if args.channels_last { learn.to_channels_last(); }
     if args.fp16 { learn.to_fp16()?; }
     if args.bf16 { learn.to_bf16()?; }
@@ -163,7 +197,21 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
     }
-    finish(&mut learn, args, arch, lr, fit_secs, &dls.datasets, &out)
+    finish(&mut learn, args, arch, lr, fit_secs, &dls.datasets, &out, thresh)
+}
+
+/// The book's multi-label threshold (chapter 6: `partial(accuracy_multi, thresh=0.2)`).
+pub const DEFAULT_THRESH: f64 = 0.2;
+
+/// `--thresh`: `auto` (None) or a probability in (0, 1).
+fn parse_thresh(s: &str) -> crate::Result<Option<f64>> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(Some(v)),
+        _ => bail!("--thresh {s}: expected `auto` or a probability between 0 and 1 such as 0.2"),
+    }
 }
 
 /// Runs `lr_find` (restoring the weights afterwards), draws lr_find.png, and returns the
@@ -191,6 +239,7 @@ fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixe
 /// After training: the exported model (`model.safetensors`), loss.png, the interpretation
 /// of the validation set (confusion_matrix.png, top_losses.png, most_confused, the
 /// classification report) and report.html.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     learn: &mut Learner,
     args: &FineTuneArgs,
@@ -199,20 +248,53 @@ fn finish(
     fit_secs: f64,
     ds: &Datasets,
     out: &std::path::Path,
+    thresh: Option<f64>,
 ) -> crate::Result<FineTuneResult> {
     let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
     learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
-    let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
-    let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
-    export_model(learn, args, arch, metrics, &out.join(MODEL_FILE))?;
-    let extra = interpret_valid(learn, &valid_items, out)?;
-    let settings = settings(args, arch, lr, learn, ds.train.len());
+    let mut settings = settings(args, arch, lr, learn, ds.train.len());
+    let (error_rate, extra, output, multi_label) = if ds.multi_labels.is_some() {
+        let (m, output, extra) = interpret_valid_multi(learn, ds.valid.len(), thresh)?;
+        settings.push(("final f1_score (samples) / accuracy_multi".into(), format!("{:.4} / {:.4}", m.f1_samples, m.accuracy_multi)));
+        settings.push(("threshold".into(), output.thresh_source.clone().unwrap_or_default()));
+        (f64::NAN, extra, output, Some(m))
+    } else {
+        let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
+        let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
+        (error_rate, interpret_valid(learn, &valid_items, out)?, OutputSpec::default(), None)
+    };
+    export_model(learn, args, arch, metrics, output, &out.join(MODEL_FILE))?;
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
-    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr })
+    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr, multi_label })
+}
+
+/// The multi-label ending: sigmoid predictions on the validation set, the threshold
+/// (`--thresh P`, or with `auto` the one maximising F1 (samples) there), the per-label
+/// precision / recall / support table for the report.
+fn interpret_valid_multi(learn: &Learner, n_valid: usize, thresh: Option<f64>) -> crate::Result<(MultiLabelOutcome, OutputSpec, Vec<Section>)> {
+    let p = get_multi_preds(learn.model.as_ref(), learn.dls.valid.as_ref())?;
+    let (t, source) = match thresh {
+        Some(t) => (t, format!("--thresh {t}")),
+        None => {
+            let (t, _) = best_threshold(&p.probs, &p.targets);
+            (t, format!("--thresh auto: {t} maximises F1 (samples) on the validation set ({n_valid} photos); \
+                         the scores at it are tuned on that set, so optimistic"))
+        }
+    };
+    let r = MultiLabelReport::new(&p.probs, &p.targets, learn.dls.vocab.items(), t)?;
+    println!("{r}");
+    let m = MultiLabelOutcome { thresh: t, tuned: thresh.is_none(), f1_samples: r.f1_samples, accuracy_multi: r.accuracy_multi };
+    let output = OutputSpec { activation: Activation::Sigmoid, thresh: Some(t), thresh_source: Some(source.clone()) };
+    let extra = vec![Section::Table {
+        title: format!("Per-label precision and recall on the validation set ({}; threshold from {source})", r.summary()),
+        header: MultiLabelReport::header(),
+        rows: r.rows(),
+    }];
+    Ok((m, output, extra))
 }
 
 /// Writes the self-contained model file (weights + architecture, vocabulary, inference
@@ -222,9 +304,10 @@ fn export_model(
     args: &FineTuneArgs,
     arch: Arch,
     metrics: std::collections::BTreeMap<String, f64>,
+    output: OutputSpec,
     path: &std::path::Path,
 ) -> crate::Result<()> {
-    let norm = vision_batch_tfms(arch, args.size, args.min_scale)?;
+    let norm = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let n = norm.normalize();
     let aug = norm.aug().cloned();
     let card = ModelCard {
@@ -232,7 +315,7 @@ fn export_model(
         vocab: learn.dls.vocab.items().to_vec(),
         transforms: InferenceTransforms {
             presize: args.data.presize,
-            size: args.size as u32,
+            size: args.aug.size as u32,
             resize_method: "crop".into(),
             pad_mode: "reflection".into(),
             mean: n.mean,
@@ -240,6 +323,7 @@ fn export_model(
             augment: aug,
         },
         training: Some(TrainingSummary { epochs: args.freeze_epochs + args.epochs, metrics, date: utc_now_iso8601() }),
+        output,
     };
     export(path, learn.model.as_ref(), &card)
 }
@@ -259,7 +343,12 @@ fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Pa
             header: vec!["actual".into(), "predicted".into(), "count".into()],
             rows,
         },
-        Section::Text { title: "Classification report".into(), body: interp.classification_report().to_string() },
+        Section::Text { title: "Classification report (per-class precision, recall and support)".into(), body: interp.classification_report().to_string() },
+        Section::Table {
+            title: "Top losses (files with the same name in different folders keep their folder)".into(),
+            header: ["file", "actual", "predicted", "loss", "probability"].map(String::from).to_vec(),
+            rows: interp.top_losses_rows(9),
+        },
     ])
 }
 
@@ -278,7 +367,8 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: 
             incomplete batch dropped as fastai does)", learn.dls.valid.n_items(), learn.dls.train.n_items(),
             learn.dls.train.n_batches(), args.data.bs)),
         ("arch", format!("{arch}{}", if args.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
-        ("presize / size / min_scale", format!("{} / {} / {}", d.presize, args.size, args.min_scale)),
+        ("presize", d.presize.to_string()),
+        ("augmentation (aug_transforms)", args.aug.describe()),
         ("bs", d.bs.to_string()),
         ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),

@@ -1,6 +1,7 @@
 //! The `kestrel` command line: one file per subcommand, each with an `Args` struct
 //! (clap derive) and a `run` function.
 
+pub mod aug;
 pub mod check_data;
 pub mod data;
 pub mod fine_tune;

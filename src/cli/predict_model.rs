@@ -16,7 +16,8 @@ pub struct PredictModelOptions {
     pub csv: Option<PathBuf>,
     /// Print one JSON object per photo per line instead of text (`--json`), as `predict
     /// --imagenet --json`: `{"file", "label", "index", "top": [{"label", "index", "prob"}]}`
-    /// (probabilities to 4 decimals);
+    /// (probabilities to 4 decimals), and for a multi-label model `"labels"`: every label
+    /// above the threshold (`[]` and `"label": "none"` when there is none);
     /// an unreadable photo gives `{"file", "error"}`.
     pub json: bool,
     /// Test-time augmentation (`--tta`, fastai `Learner.tta(n=4, beta=0.25)`).
@@ -74,6 +75,16 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
                 let top = p.top(opts.topk.max(1));
                 if opts.json {
                     writeln!(out, "{}", json_line(path, p, &top, vocab))?;
+                } else if let Some(labels) = &p.labels {
+                    // Multi-label: every label above the threshold with its probability, or
+                    // none, said explicitly with the threshold.
+                    let shown: Vec<String> = labels.iter().map(|&i| format!("{} {:.4}", vocab[i], p.probs[i])).collect();
+                    let shown = if shown.is_empty() {
+                        format!("no label above {}", predictor.thresh().unwrap_or(0.5))
+                    } else {
+                        shown.join(", ")
+                    };
+                    writeln!(out, "{}\t{}\t{}", path.display(), p.label, shown)?;
                 } else {
                     let shown: Vec<String> = top.iter().map(|&(i, pr)| format!("{} {pr:.4}", vocab[i])).collect();
                     writeln!(out, "{}\t{}\t{}", path.display(), p.label, shown.join(", "))?;
@@ -105,6 +116,10 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
 fn json_line(path: &Path, p: &Prediction, top: &[(usize, f32)], vocab: &[String]) -> serde_json::Value {
     let top: Vec<serde_json::Value> =
         top.iter().map(|&(i, pr)| serde_json::json!({"label": vocab[i], "index": i, "prob": (pr as f64 * 1e4).round() / 1e4})).collect();
-    serde_json::json!({"file": path.display().to_string(), "label": p.label, "index": p.index, "top": top})
+    let mut j = serde_json::json!({"file": path.display().to_string(), "label": p.label, "index": p.index, "top": top});
+    if let Some(labels) = &p.labels {
+        j["labels"] = labels.iter().map(|&i| serde_json::json!({"label": vocab[i], "index": i, "prob": (p.probs[i] as f64 * 1e4).round() / 1e4})).collect();
+    }
+    j
 }
 

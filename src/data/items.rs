@@ -14,6 +14,8 @@ pub struct ImageFiles {
     pub files: Vec<PathBuf>,
     /// Number of other files that were ignored (e.g. the `.mat` files of the Oxford folder).
     pub n_ignored: usize,
+    /// The ignored files, sorted (reported by `check-data` and the data warnings).
+    pub ignored: Vec<PathBuf>,
 }
 
 /// True when `path` has one of [`IMAGE_EXTENSIONS`] (any letter case).
@@ -32,9 +34,10 @@ pub fn get_image_files(path: &Path, recurse: bool) -> crate::Result<ImageFiles> 
     if !path.is_dir() {
         bail!("{} is not a folder (get_image_files needs the folder that holds the images)", path.display());
     }
-    let mut out = ImageFiles { files: Vec::new(), n_ignored: 0 };
+    let mut out = ImageFiles { files: Vec::new(), n_ignored: 0, ignored: Vec::new() };
     walk(path, recurse, &mut out)?;
     out.files.sort();
+    out.ignored.sort();
     Ok(out)
 }
 
@@ -56,6 +59,7 @@ fn walk(dir: &Path, recurse: bool, out: &mut ImageFiles) -> crate::Result<()> {
             out.files.push(p);
         } else {
             out.n_ignored += 1;
+            out.ignored.push(p);
         }
     }
     Ok(())
@@ -116,13 +120,15 @@ pub struct Items {
     pub table: Option<CsvTable>,
     /// Files ignored while listing a folder (not images).
     pub n_ignored: usize,
+    /// Those files, sorted.
+    pub ignored: Vec<PathBuf>,
 }
 
 impl Items {
     /// The images of a folder ([`get_image_files`]).
     pub fn from_folder(path: &Path, recurse: bool) -> crate::Result<Self> {
         let f = get_image_files(path, recurse)?;
-        Ok(Self { paths: f.files, table: None, n_ignored: f.n_ignored })
+        Ok(Self { paths: f.files, table: None, n_ignored: f.n_ignored, ignored: f.ignored })
     }
 
     /// One item per row of `table`: the file named in column `fn_col`, as
@@ -138,7 +144,7 @@ impl Items {
             None => base,
         };
         let paths = table.column(fn_col)?.into_iter().map(|c| pref.join(format!("{c}{suffix}"))).collect();
-        Ok(Self { paths, table: Some(table), n_ignored: 0 })
+        Ok(Self { paths, table: Some(table), n_ignored: 0, ignored: Vec::new() })
     }
 
     /// Number of items.

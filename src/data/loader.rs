@@ -39,6 +39,10 @@ pub struct LoaderConfig {
     /// Leave out files that fail to decode, with a logged warning each and a count
     /// ([`ImageDataLoader::n_skipped`]), instead of returning an error.
     pub skip_bad: bool,
+    /// Sampling weights, one per item (fastai `WeightedDL`): each pass draws `n` items
+    /// with replacement, item `i` with probability `weights[i] / Σ weights`, instead of a
+    /// permutation. `None`: every item once per pass.
+    pub weights: Option<Arc<Vec<f64>>>,
 }
 
 /// One decoded, transformed item: (height, width) and CHW `u8` pixels.
@@ -47,6 +51,8 @@ type ItemOut = (u32, u32, Vec<u8>);
 struct Inner {
     paths: Vec<PathBuf>,
     targets: Vec<i64>,
+    /// Multi-label targets: (number of classes, class indices of each item).
+    multi: Option<(usize, Vec<Vec<i64>>)>,
     item_tfm: Option<ItemTfm>,
     train: bool,
     seed: u64,
@@ -106,9 +112,39 @@ impl Inner {
             }
         }
         let x = collate_u8(items.iter().map(|(_, (_, _, px))| px.as_slice()), items.len(), h, w);
-        let y = Tensor::from_slice(&items.iter().map(|(idx, _)| self.targets[*idx]).collect::<Vec<_>>());
+        let y = match &self.multi {
+            Some((c, labels)) => {
+                let mut hot = vec![0f32; items.len() * c];
+                for (row, (idx, _)) in items.iter().enumerate() {
+                    for &t in &labels[*idx] { hot[row * c + t as usize] = 1.0; }
+                }
+                Tensor::from_slice(&hot).view([items.len() as i64, *c as i64])
+            }
+            None => Tensor::from_slice(&items.iter().map(|(idx, _)| self.targets[*idx]).collect::<Vec<_>>()),
+        };
         Ok(Some((x, y)))
     }
+}
+
+/// `n` indices drawn with replacement, index `i` with probability `w[i] / Σ w`
+/// (inverse-CDF sampling on the cumulative weights).
+fn weighted_draws(w: &[f64], n: usize, rng: &mut Rng) -> Vec<usize> {
+    use rand::Rng as _;
+    let mut cum = Vec::with_capacity(w.len());
+    let mut total = 0.0;
+    for &x in w {
+        total += x.max(0.0);
+        cum.push(total);
+    }
+    if w.is_empty() || total <= 0.0 {
+        return (0..n.min(w.len())).collect();
+    }
+    (0..n)
+        .map(|_| {
+            let u = rng.random::<f64>() * total;
+            cum.partition_point(|&c| c <= u).min(w.len() - 1)
+        })
+        .collect()
 }
 
 /// Interleaved RGB (H, W, 3) → planar (3, H, W).
@@ -161,12 +197,21 @@ impl ImageDataLoader {
         if paths.len() != targets.len() {
             bail!("{} items but {} targets", paths.len(), targets.len());
         }
+        if let Some(w) = &cfg.weights {
+            if w.len() != paths.len() {
+                bail!("{} items but {} sampling weights", paths.len(), w.len());
+            }
+            if let Some(x) = w.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+                bail!("sampling weights must be finite and non-negative, got {x}");
+            }
+        }
         if cfg.bs == 0 {
             bail!("batch size must be at least 1");
         }
         let inner = Arc::new(Inner {
             paths,
             targets,
+            multi: None,
             item_tfm,
             train: cfg.train,
             seed: cfg.seed,
@@ -174,6 +219,28 @@ impl ImageDataLoader {
             skipped: AtomicUsize::new(0),
         });
         Ok(Self { inner, cfg, batch_tfms })
+    }
+
+    /// Makes this a multi-label loader (fastai `MultiCategoryBlock`): batches carry
+    /// one-hot targets `f32` (N, `n_classes`) built from each item's class indices `labels`
+    /// (one list per item, dataset order) instead of the class indices of [`Self::new`].
+    ///
+    /// Errors: `labels` and the items differ in length, or an index is not below `n_classes`.
+    pub fn multi_label(mut self, n_classes: usize, labels: Vec<Vec<i64>>) -> crate::Result<Self> {
+        if labels.len() != self.inner.paths.len() {
+            bail!("{} items but {} label lists", self.inner.paths.len(), labels.len());
+        }
+        if let Some(t) = labels.iter().flatten().find(|&&t| t < 0 || t as usize >= n_classes) {
+            bail!("label index {t} is out of range for {n_classes} classes");
+        }
+        let inner = Arc::get_mut(&mut self.inner).context("multi_label: the loader is already in use")?;
+        inner.multi = Some((n_classes, labels));
+        Ok(self)
+    }
+
+    /// True for a multi-label loader ([`Self::multi_label`]).
+    pub fn is_multi_label(&self) -> bool {
+        self.inner.multi.is_some()
     }
 
     /// The settings.
@@ -196,10 +263,15 @@ impl ImageDataLoader {
         self.inner.skipped.load(Ordering::Relaxed)
     }
 
-    /// The item order of pass `epoch`: a Fisher–Yates permutation from
-    /// `derived(seed, epoch)` when shuffling, dataset order otherwise.
+    /// The item order of pass `epoch`: with sampling weights, `n` weighted draws with
+    /// replacement (fastai `WeightedDL.get_idxs`: `np.random.choice(n, n, p=wgts)`); else a
+    /// Fisher–Yates permutation from `derived(seed, epoch)` when shuffling, dataset order
+    /// otherwise.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let n = self.inner.paths.len();
+        if let Some(w) = &self.cfg.weights {
+            return weighted_draws(w, n, &mut derived(self.cfg.seed, epoch));
+        }
         if self.cfg.shuffle {
             super::split::permutation(n, &mut derived(self.cfg.seed, epoch))
         } else {
@@ -233,7 +305,7 @@ impl ImageDataLoader {
     fn finish(&self, x: Tensor, y: Tensor, rng: &mut Rng, train: bool) -> crate::Result<Batch> {
         let (x, y) = match self.cfg.device {
             Device::Cpu => (x, y),
-            d @ Device::Cuda(_) => (x.f_pin_memory(d)?.f_to_device_(d, Kind::Uint8, true, false)?, y.f_to_device_(d, Kind::Int64, true, false)?),
+            d @ Device::Cuda(_) => (x.f_pin_memory(d)?.f_to_device_(d, Kind::Uint8, true, false)?, y.f_to_device_(d, y.kind(), true, false)?),
             d => (x.f_to_device(d)?, y.f_to_device(d)?),
         };
         let x = match &self.batch_tfms {

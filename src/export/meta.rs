@@ -76,6 +76,36 @@ pub struct TrainingSummary {
     pub date: String,
 }
 
+/// The activation of the model's outputs (fastai: the loss function's `activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Single-label: softmax over the classes, the prediction is the argmax
+    /// (`CrossEntropyLossFlat`). Files written before this field existed are softmax.
+    #[default]
+    Softmax,
+    /// Multi-label: an independent sigmoid per label, the prediction is every label above
+    /// the threshold, possibly none (`BCEWithLogitsLossFlat`).
+    Sigmoid,
+}
+
+/// How the outputs become a prediction: the activation and, for multi-label models,
+/// the decision threshold. Stored in the model file so inference (and an exported ONNX
+/// graph) applies the same rule as the validation metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct OutputSpec {
+    /// Softmax (single-label) or sigmoid (multi-label).
+    pub activation: Activation,
+    /// Multi-label decision threshold on the sigmoid, in (0, 1) (fastai `thresh`; the book
+    /// uses 0.2). `None` for softmax models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresh: Option<f64>,
+    /// Where the threshold comes from, e.g. "--thresh 0.2" or "chosen on the validation
+    /// set (370 photos) by F1 (samples)": metrics on that set are then optimistic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresh_source: Option<String>,
+}
+
 /// Everything the caller tells [`super::export`] about a model besides its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {
@@ -87,6 +117,9 @@ pub struct ModelCard {
     pub transforms: InferenceTransforms,
     /// How it was trained, when known.
     pub training: Option<TrainingSummary>,
+    /// Activation and decision rule of the outputs (softmax when absent from the file).
+    #[serde(default)]
+    pub output: OutputSpec,
 }
 
 /// The JSON stored under [`META_KEY`]: the [`ModelCard`] plus what the writer adds.

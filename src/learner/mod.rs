@@ -18,7 +18,7 @@ pub use loss::{BCEWithLogitsLossFlat, CrossEntropyLossFlat, LabelSmoothingCrossE
 pub use lr_find::{LrFindOptions, LrFindResult, Suggestion};
 pub use optim::{Hypers, OptKind, OptParam, Optimizer};
 pub use schedule::{Lr, OneCycle, Sched, combined_cos, even_mults};
-pub use vision::{model_normalize, vision_batch_tfms, vision_learner};
+pub use vision::{model_normalize, vision_aug_batch_tfms, vision_batch_tfms, vision_learner};
 
 use crate::callbacks::{Callback, Recorder};
 use crate::data::DataLoaders;

@@ -2,11 +2,14 @@
 //! - per-batch functions averaged over the epoch weighted by batch size (fastai `AvgMetric`):
 //!   [`error_rate`], [`accuracy`], [`top_k_accuracy`], [`accuracy_multi`];
 //! - whole-epoch metrics computed once from all predictions (fastai `AccumMetric` wrapping
-//!   scikit-learn): [`F1Score`], [`Precision`], [`Recall`] with macro averaging.
+//!   scikit-learn): [`F1Score`], [`Precision`], [`Recall`] with macro averaging, and
+//!   [`F1ScoreMulti`] (multi-label, averaged over samples).
 
 mod classif;
+mod multi;
 
 pub use classif::{F1Score, Precision, Recall};
+pub use multi::{F1ScoreMulti, f1_per_sample};
 
 use tch::{Kind, Tensor};
 
