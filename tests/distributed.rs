@@ -363,7 +363,10 @@ fn ddp_equals_one_process_with_the_same_global_batch() {
     for r in 0..2 {
         let v = json(&two.path().join(format!("rank{r}_valid.json")));
         let (er, alone) = (v["error_rate"].as_f64().unwrap(), v["alone_error_rate"].as_f64().unwrap());
-        assert!((er * 37.0 - alone * 37.0).abs() < 1e-9, "rank {r}: error_rate {er} on 2 ranks vs {alone} alone");
+        // The same number of errors; the rates differ only by the float32 rounding of
+        // fastai's per-batch accuracy (batches of 8 vs shards' batches).
+        assert_eq!((er * 37.0).round(), (alone * 37.0).round(), "rank {r}: error_rate {er} on 2 ranks vs {alone} alone");
+        assert!((er - alone).abs() < 1e-6, "rank {r}: error_rate {er} on 2 ranks vs {alone} alone");
         let (l, la) = (v["valid_loss"].as_f64().unwrap(), v["alone_loss"].as_f64().unwrap());
         assert!((l - la).abs() < 1e-6 * la.abs().max(1.0), "rank {r}: valid_loss {l} vs {la}");
     }
@@ -553,7 +556,9 @@ fn fine_tune_interrupt_on_one_rank_then_resume_with_both() {
         eprintln!("--- resumed rank {r}\n{text}");
         assert_eq!(*code, 0, "rank {r} finishes");
     }
-    assert!(outs[0].1.contains("resuming at phase 1, epoch 0, batch 5"), "continues after the 5th batch");
+    // 36 photos, 29 for training: 15 per rank, 3 batches of 4 per epoch; the 5th batch is
+    // epoch 1's second.
+    assert!(outs[0].1.contains("resuming at phase 1, epoch 1, batch 2"), "continues after the 5th batch");
     assert!(out.join("model.safetensors").is_file() && out.join("report.html").is_file());
     assert!(!out.join("checkpoint.pth").exists(), "the finished run removes its checkpoint");
 }
@@ -571,7 +576,7 @@ fn fine_tune_nproc_per_node_2_reports_the_global_batch() {
     eprintln!("{text}");
     assert!(o.status.success());
     assert!(text.contains("data-parallel: 2 processes (gloo), bs 4 per process, global batch 8"));
-    assert_eq!(text.matches("error_rate ").count(), 1, "only rank 0 prints the result");
+    assert_eq!(text.matches("; outputs in ").count(), 1, "only rank 0 prints the result");
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(report.contains("4 per process × 2 processes (gloo) = global batch 8"));
 }
