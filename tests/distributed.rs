@@ -3,8 +3,8 @@
 //! survivor's error, DDP training equal to one process with the same global batch and
 //! bit-identical ranks after every step, sharded validation reduced exactly on an odd-size
 //! set, the DistributedSampler's coverage, and two network namespaces joined by a veth pair.
-//! `kestrel fine-tune` launched as torchrun would: kill -9 of either rank, interrupt and
-//! --resume with both ranks, and `--nproc-per-node 2`.
+//! `kestrel fine-tune` launched as torchrun would: kill -9 of either rank, Ctrl-C on one
+//! rank, interrupt and --resume with both ranks, and `--nproc-per-node 2`.
 //!
 //! The worker processes are this test binary again, running the `child` test with the
 //! scenario in KESTREL_DIST_TEST and torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
@@ -561,6 +561,30 @@ fn fine_tune_interrupt_on_one_rank_then_resume_with_both() {
     assert!(outs[0].1.contains("resuming at phase 1, epoch 1, batch 2"), "continues after the 5th batch");
     assert!(out.join("model.safetensors").is_file() && out.join("report.html").is_file());
     assert!(!out.join("checkpoint.pth").exists(), "the finished run removes its checkpoint");
+}
+
+#[test]
+fn fine_tune_ctrl_c_on_rank_1_stops_both_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    images(&data, 12);
+    let out = tmp.path().join("run");
+    let args = ft_args(data.to_str().unwrap(), out.to_str().unwrap(), "50");
+    let port = free_port().unwrap();
+    let cs: Vec<Child> = (0..2).map(|r| kestrel_rank(&args, r, port, &[])).collect();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(out.join("metrics.csv")).is_ok_and(|s| s.lines().count() >= 2) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no epoch finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sh(&["kill", "-INT", &cs[1].id().to_string()]), "SIGINT to rank 1");
+    let outs: Vec<(i32, String)> = cs.into_iter().map(output).collect();
+    for (r, (code, text)) in outs.iter().enumerate() {
+        eprintln!("--- rank {r}\n{text}");
+        assert_ne!(*code, 0, "rank {r} reports the interrupt");
+        assert!(text.contains("interrupted"), "rank {r}: {text}");
+    }
+    assert!(outs[0].1.contains("resume with:") && out.join("checkpoint.pth").is_file(), "rank 0 wrote the checkpoint");
 }
 
 #[test]
