@@ -59,11 +59,9 @@ fn main() {
             base(&mut n);
             n.flag("-DUSE_C10D_NCCL").includes(dirs).file("csrc/c10d_nccl.cpp");
             n.compile("kestrel_c10d_nccl");
-            println!("cargo:rustc-cfg=kestrel_nccl");
         }
         None => println!("cargo:warning=kestrel: building the c10d shim without NCCL (no libtorch_cuda.so with CUDA runtime, CCCL and NCCL headers)"),
     }
-    println!("cargo:rustc-check-cfg=cfg(kestrel_nccl)");
     b.compile("kestrel_c10d");
 }
 

@@ -604,3 +604,20 @@ fn fine_tune_nproc_per_node_2_reports_the_global_batch() {
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(report.contains("4 per process × 2 processes (gloo) = global batch 8"));
 }
+
+#[test]
+fn fine_tune_too_few_images_per_rank_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    images(&data, 4); // 12 photos, 10 for training: 5 per rank, fewer than --bs 8
+    let out = tmp.path().join("run");
+    let mut args = ft_args(data.to_str().unwrap(), out.to_str().unwrap(), "1");
+    let bs = args.iter().position(|a| a == "--bs").unwrap();
+    args[bs + 1] = "8".into();
+    args.extend(["--nproc-per-node".to_string(), "2".to_string()]);
+    let o = Command::new(BIN).args(&args).env_remove("KESTREL_INTERRUPT_AFTER").env_remove("RANK").env_remove("WORLD_SIZE").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    eprintln!("{text}");
+    assert!(!o.status.success());
+    assert!(text.contains("per process for 2 processes, fewer than the batch size 8"), "{text}");
+}

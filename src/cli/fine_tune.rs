@@ -142,7 +142,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         show_loader_batch(&full.train, &full.datasets.vocab, 3, 3, false,
                           Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
     }
-    let dls = match &dist { Some(d) => d.shard(&full), None => full.clone() };
+    let dls = match &dist { Some(d) => d.shard(&full)?, None => full.clone() };
 
     let weights = if args.no_pretrained { None } else { Some(weights_file(arch.name(), args.weights.as_deref(), true)?) };
     // fastai `set_seed(seed)`: the new head's initial weights come from torch's generator.

@@ -96,7 +96,9 @@ pub fn run(a: PetsArgs) -> crate::Result<()> {
     let dir = pets_dir(a.data.as_deref(), true)?;
     let args = pets_recipe(&dir, &a)?;
     crate::distributed::launch_if_asked(&args.dist, &args.data.device)?;
-    println!("pets: {} → {}", dir.display(), a.out.display());
+    if std::env::var("RANK").map_or(true, |r| r.trim() == "0") {
+        println!("pets: {} → {}", dir.display(), a.out.display());
+    }
     let r = fine_tune(&args)?;
     if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
     println!("final error_rate {:.4} (fine_tune {:.0} s)", r.error_rate, r.fit_secs);

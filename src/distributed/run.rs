@@ -3,7 +3,7 @@
 //! writes the outputs.
 
 use super::{DistArgs, ProcessGroup, Role, Shard, init, launch, role};
-use crate::data::ImageDataLoaders;
+use crate::data::{BatchSource, ImageDataLoaders};
 use anyhow::{anyhow, bail};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,13 +49,25 @@ impl DistRun {
     /// This rank's loaders: the training set's shuffled order padded and strided
     /// ([`Shard`] with `pad`, the same number of batches on every rank), the validation
     /// set strided without padding (each item validated once).
-    pub fn shard(&self, dls: &ImageDataLoaders) -> ImageDataLoaders {
+    ///
+    /// Errors: a rank's share of the training set is smaller than the batch size (its
+    /// loader, dropping the incomplete batch, would have nothing to train on).
+    pub fn shard(&self, dls: &ImageDataLoaders) -> crate::Result<ImageDataLoaders> {
         let (rank, world) = (self.pg.rank(), self.pg.world());
-        ImageDataLoaders {
-            train: Arc::new(dls.train.with_shard(Shard { rank, world, pad: true })),
+        let train = dls.train.with_shard(Shard { rank, world, pad: true });
+        if train.n_batches() == 0 {
+            bail!(
+                "the training set has {} images: {} per process for {world} processes, fewer than the batch size {} \
+                 (--bs is per process); lower --bs or use fewer processes",
+                dls.train.paths().len(), Shard { rank, world, pad: true }.len(dls.train.paths().len()),
+                dls.train.config().bs
+            );
+        }
+        Ok(ImageDataLoaders {
+            train: Arc::new(train),
             valid: Arc::new(dls.valid.with_shard(Shard { rank, world, pad: false })),
             datasets: dls.datasets.clone(),
-        }
+        })
     }
 
     /// Runs `find` (lr_find) on rank 0 only and hands its learning rate to every rank
