@@ -6,6 +6,7 @@ use super::aug::AugOpts;
 use super::data::DataOpts;
 use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
+use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
 use crate::data::Datasets;
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_aug_batch_tfms, vision_learner};
@@ -88,6 +89,9 @@ pub struct FineTuneArgs {
     /// options as the interrupted command; kestrel prints the exact command).
     #[arg(long, requires = "out")]
     pub resume: bool,
+    /// Data-parallel training over N processes or machines (torchrun's options).
+    #[command(flatten)]
+    pub dist: DistArgs,
 }
 
 /// What a finished run produced.
@@ -122,7 +126,9 @@ pub struct MultiLabelOutcome {
 ///
 /// Errors: as [`fine_tune`].
 pub fn run(args: FineTuneArgs) -> crate::Result<()> {
+    launch_if_asked(&args.dist, &args.data.device)?;
     let r = fine_tune(&args)?;
+    if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
     match &r.multi_label {
         Some(m) => println!("f1_score (samples) {:.4}, accuracy_multi {:.4} at threshold {}{}; outputs in {}",
                             m.f1_samples, m.accuracy_multi, m.thresh,
@@ -143,6 +149,9 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
 /// Errors: bad options (an unknown arch, `--lr` neither `auto` nor a positive number);
 /// the data, weight and training errors; `--resume` without a checkpoint; an interrupt.
 pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
+    let dist = DistRun::from_args(&args.dist, &args.data.device, args.data.bs)?;
+    let args = &args_for_rank(args, dist.as_ref());
+    let main = dist.as_ref().is_none_or(|d| d.is_main());
     let arch: Arch = args.arch.parse()?;
     let thresh = parse_thresh(&args.thresh)?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
@@ -155,14 +164,17 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
 
     let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let norm = tfms.normalize().clone();
-    let dls = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
-    show_loader_batch(&dls.train, &dls.datasets.vocab, 3, 3, false,
-                      Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
+    let full = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
+    if main {
+        show_loader_batch(&full.train, &full.datasets.vocab, 3, 3, false,
+                          Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
+    }
+    let dls = match &dist { Some(d) => d.shard(&full)?, None => full.clone() };
 
     let weights = if args.no_pretrained { None } else { Some(weights_file(arch.name(), args.weights.as_deref(), true)?) };
     // fastai `set_seed(seed)`: the new head's initial weights come from torch's generator.
     tch::manual_seed(args.data.seed as i64);
-    let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(args.data.seed);
+    let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(rank_seed(args, dist.as_ref()));
     if dls.datasets.multi_labels.is_some() {
         // fastai's multi-label learner (book chapter 6): BCEWithLogitsLossFlat,
         // accuracy_multi and F1ScoreMulti(average='samples') at the threshold.
@@ -177,27 +189,77 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let lr = if args.resume {
         fixed_lr.context("--resume needs the learning rate of the interrupted run as --lr VALUE")?
     } else {
-        find_lr(&mut learn, args, &out, fixed_lr)?
+        match &dist {
+            Some(d) => d.lr_from_rank0(|| find_lr(&mut learn, args, &out, fixed_lr))?,
+            None => find_lr(&mut learn, args, &out, fixed_lr)?,
+        }
     };
     let csv = out.join("metrics.csv");
-    if !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
-    let mut learn = learn
-        .with_cb(Box::new(ProgressCallback::new()))
-        .with_cb(Box::new(CSVLogger::new(&csv, true)))
-        .with_cb(Box::new(InterruptCallback::on_ctrl_c(CHECKPOINT)?));
+    if main && !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
+    let mut learn = if main {
+        learn.with_cb(Box::new(ProgressCallback::new())).with_cb(Box::new(CSVLogger::new(&csv, true)))
+    } else {
+        learn
+    };
+    // Data-parallel: DistributedTrainer averages the gradients and stops every rank when
+    // any is interrupted (rank 0 writing the checkpoint), in place of InterruptCallback.
+    let mut ddp_stats = None;
+    let interrupt = InterruptCallback::on_ctrl_c(CHECKPOINT)?;
+    learn = match &dist {
+        Some(d) => {
+            let t = DistributedTrainer::new(d.pg, interrupt.flag.clone(), CHECKPOINT)?;
+            ddp_stats = Some(t.stats.clone());
+            learn.with_cb(Box::new(t))
+        }
+        None => learn.with_cb(Box::new(interrupt)),
+    };
     if args.resume {
         let p = learn.load_checkpoint(CHECKPOINT)?;
-        println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter);
+        learn.seed = Some(rank_seed(args, dist.as_ref()));
+        if main { println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter); }
     }
     let opts = FineTuneOptions { freeze_epochs: args.freeze_epochs, ..FineTuneOptions::default() };
     let t0 = Instant::now();
     learn.fine_tune_with(args.epochs, lr, opts)?;
     let fit_secs = t0.elapsed().as_secs_f64();
     if learn.stop_reason.as_deref() == Some("interrupted") {
+        if !main { bail!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display()); }
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
     }
-    finish(&mut learn, args, arch, lr, fit_secs, &dls.datasets, &out, thresh)
+    if let Some(s) = ddp_stats.as_ref().map(|s| *s.lock().unwrap_or_else(|e| e.into_inner())) {
+        if main && s.steps > 0 {
+            println!("all-reduce of the gradients: {:.2} ms per step ({} steps)", 1e3 * s.allreduce_secs / s.steps as f64, s.steps);
+        }
+    }
+    if !main {
+        // Multi-label runs record no error_rate: NaN here, rank 0 reports the metrics.
+        let error_rate = last_error_rate(&learn).unwrap_or(f64::NAN);
+        return Ok(FineTuneResult { out, error_rate, fit_secs, lr, multi_label: None });
+    }
+    // Rank 0 interprets the whole validation set.
+    learn.dls = full.dls();
+    finish(&mut learn, args, arch, lr, fit_secs, &full.datasets, &out, thresh)
+}
+
+/// The options this rank runs with: with NCCL, the device is `cuda:LOCAL_RANK`.
+fn args_for_rank(args: &FineTuneArgs, dist: Option<&DistRun>) -> FineTuneArgs {
+    let mut a = args.clone();
+    if let Some(d) = dist.filter(|d| d.pg.backend() == crate::distributed::Backend::Nccl) {
+        a.data.device = format!("cuda:{}", d.local_rank);
+    }
+    a
+}
+
+/// The learner's seed (dropout draws): each rank its own (rank 0 keeps `--seed`).
+fn rank_seed(args: &FineTuneArgs, dist: Option<&DistRun>) -> u64 {
+    mix_rank(args.data.seed, dist.map_or(0, |d| d.pg.rank()))
+}
+
+/// The error_rate of the last epoch in the recorder. Errors: no error_rate metric.
+fn last_error_rate(learn: &Learner) -> crate::Result<f64> {
+    let col = learn.metric_names().iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
+    Ok(learn.recorder.values.last().and_then(|r| r.get(col)).copied().unwrap_or(f64::NAN))
 }
 
 /// The book's multi-label threshold (chapter 6: `partial(accuracy_multi, thresh=0.2)`).
@@ -369,7 +431,10 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: 
         ("arch", format!("{arch}{}", if args.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
         ("presize", d.presize.to_string()),
         ("augmentation (aug_transforms)", args.aug.describe()),
-        ("bs", d.bs.to_string()),
+        ("bs", match crate::distributed::group() {
+            Some(g) => format!("{} per process × {} processes ({}) = global batch {}", d.bs, g.world(), g.backend().name(), d.bs * g.world()),
+            None => d.bs.to_string(),
+        }),
         ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
         ("precision / layout", format!("{precision} / {}", if args.channels_last { "channels-last" } else { "NCHW" })),

@@ -37,6 +37,9 @@ pub struct PetsArgs {
     /// Continue an interrupted run from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Data-parallel training (see `kestrel fine-tune --help`).
+    #[command(flatten)]
+    pub dist: crate::distributed::DistArgs,
 }
 
 #[derive(Parser)]
@@ -80,7 +83,9 @@ pub fn pets_recipe(dir: &Path, a: &PetsArgs) -> crate::Result<FineTuneArgs> {
     }
     if a.bf16 { argv.push("--bf16".into()); }
     if a.resume { argv.push("--resume".into()); }
-    Ok(Wrap::try_parse_from(argv).context("the pets recipe's options")?.args)
+    let mut args = Wrap::try_parse_from(argv).context("the pets recipe's options")?.args;
+    args.dist = a.dist.clone();
+    Ok(args)
 }
 
 /// Runs `kestrel pets`: finds (or downloads) the photos, runs the recipe, prints the
@@ -90,8 +95,12 @@ pub fn pets_recipe(dir: &Path, a: &PetsArgs) -> crate::Result<FineTuneArgs> {
 pub fn run(a: PetsArgs) -> crate::Result<()> {
     let dir = pets_dir(a.data.as_deref(), true)?;
     let args = pets_recipe(&dir, &a)?;
-    println!("pets: {} → {}", dir.display(), a.out.display());
+    crate::distributed::launch_if_asked(&args.dist, &args.data.device)?;
+    if std::env::var("RANK").map_or(true, |r| r.trim() == "0") {
+        println!("pets: {} → {}", dir.display(), a.out.display());
+    }
     let r = fine_tune(&args)?;
+    if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
     println!("final error_rate {:.4} (fine_tune {:.0} s)", r.error_rate, r.fit_secs);
     println!("report: {}", r.out.join("report.html").display());
     Ok(())

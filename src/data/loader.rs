@@ -6,6 +6,7 @@
 use super::decode::decode_rgb;
 use super::resize::ItemTfm;
 use super::{Batch, BatchSource};
+use crate::distributed::Shard;
 use crate::transforms::BatchTransform;
 use crate::util::rng::{Rng, derived};
 use anyhow::{Context, anyhow, bail};
@@ -179,6 +180,8 @@ pub struct ImageDataLoader {
     inner: Arc<Inner>,
     cfg: LoaderConfig,
     batch_tfms: Option<Arc<dyn BatchTransform>>,
+    /// This rank's share of every pass (data-parallel training), all items when `None`.
+    shard: Option<Shard>,
 }
 
 impl ImageDataLoader {
@@ -218,7 +221,7 @@ impl ImageDataLoader {
             skip_bad: cfg.skip_bad,
             skipped: AtomicUsize::new(0),
         });
-        Ok(Self { inner, cfg, batch_tfms })
+        Ok(Self { inner, cfg, batch_tfms, shard: None })
     }
 
     /// Makes this a multi-label loader (fastai `MultiCategoryBlock`): batches carry
@@ -263,20 +266,40 @@ impl ImageDataLoader {
         self.inner.skipped.load(Ordering::Relaxed)
     }
 
+    /// The same loader restricted to one rank's share of every pass (PyTorch
+    /// `DistributedSampler`, see [`Shard`]); its batch transforms draw a per-rank stream.
+    pub fn with_shard(&self, shard: Shard) -> Self {
+        Self { inner: self.inner.clone(), cfg: self.cfg.clone(), batch_tfms: self.batch_tfms.clone(), shard: Some(shard) }
+    }
+
+    /// The share this loader is restricted to, if any.
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
+    }
+
     /// The item order of pass `epoch`: with sampling weights, `n` weighted draws with
     /// replacement (fastai `WeightedDL.get_idxs`: `np.random.choice(n, n, p=wgts)`); else a
     /// Fisher–Yates permutation from `derived(seed, epoch)` when shuffling, dataset order
-    /// otherwise.
+    /// otherwise. With a [`Shard`], this rank's share of it.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let n = self.inner.paths.len();
-        if let Some(w) = &self.cfg.weights {
-            return weighted_draws(w, n, &mut derived(self.cfg.seed, epoch));
-        }
-        if self.cfg.shuffle {
+        let order = if let Some(w) = &self.cfg.weights {
+            weighted_draws(w, n, &mut derived(self.cfg.seed, epoch))
+        } else if self.cfg.shuffle {
             super::split::permutation(n, &mut derived(self.cfg.seed, epoch))
         } else {
             (0..n).collect()
+        };
+        match self.shard {
+            Some(s) => s.take(&order),
+            None => order,
         }
+    }
+
+    /// Number of items one pass orders (this rank's share with a [`Shard`]).
+    fn n_ordered(&self) -> usize {
+        let n = self.inner.paths.len();
+        self.shard.map_or(n, |s| s.len(n))
     }
 
     /// The first batch of epoch 0 (fastai `one_batch`). Errors: no batch, or the batch's
@@ -318,12 +341,12 @@ impl ImageDataLoader {
 
 impl BatchSource for ImageDataLoader {
     fn n_batches(&self) -> usize {
-        let n = self.inner.paths.len();
+        let n = self.n_ordered();
         if self.cfg.drop_last { n / self.cfg.bs } else { n.div_ceil(self.cfg.bs) }
     }
 
     fn n_items(&self) -> usize {
-        if self.cfg.drop_last { self.n_batches() * self.cfg.bs } else { self.inner.paths.len() }
+        if self.cfg.drop_last { self.n_batches() * self.cfg.bs } else { self.n_ordered() }
     }
 
     fn device(&self) -> Device {
@@ -383,7 +406,7 @@ impl<'a> EpochIter<'a> {
             results: None,
             stop: stop.clone(),
             workers: Vec::new(),
-            rng: derived(dl.cfg.seed ^ 0xBA7C_4000_0000_0000, epoch),
+            rng: derived(dl.shard.map_or(dl.cfg.seed, |s| s.mix_seed(dl.cfg.seed)) ^ 0xBA7C_4000_0000_0000, epoch),
             done: false,
         };
         if dl.cfg.workers > 0 {
