@@ -3,11 +3,12 @@
 //! the plots, the metrics, a checkpoint and `report.html` into `--out`.
 
 use super::data::DataOpts;
+use super::recipe::{self, RecipeOpts};
 use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
-use crate::data::Datasets;
+use crate::data::ImageDataLoaders;
 use crate::data::show::{Denorm, show_loader_batch};
-use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
+use crate::learner::{Learner, LrFindOptions, vision_batch_tfms, vision_learner};
 use crate::models::Arch;
 use crate::export::{ArchSpec, InferenceTransforms, ModelCard, TrainingSummary, export, utc_now_iso8601};
 use crate::interpret::{ClassificationInterpretation, get_preds, plot_confusion_matrix, plot_top_losses};
@@ -83,6 +84,9 @@ pub struct FineTuneArgs {
     /// options as the interrupted command; kestrel prints the exact command).
     #[arg(long, requires = "out")]
     pub resume: bool,
+    /// Recipe options: label smoothing, MixUp, CutMix, EMA, TTA, time budget, wd, lr_mult, calibration.
+    #[command(flatten)]
+    pub recipe: RecipeOpts,
 }
 
 /// What a finished run produced.
@@ -118,6 +122,7 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
 /// the data, weight and training errors; `--resume` without a checkpoint; an interrupt.
 pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let arch: Arch = args.arch.parse()?;
+    args.recipe.validate()?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
@@ -147,7 +152,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     };
     let csv = out.join("metrics.csv");
     if !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
-    let mut learn = learn
+    let mut learn = args.recipe.configure(learn)
         .with_cb(Box::new(ProgressCallback::new()))
         .with_cb(Box::new(CSVLogger::new(&csv, true)))
         .with_cb(Box::new(InterruptCallback::on_ctrl_c(CHECKPOINT)?));
@@ -155,15 +160,15 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         let p = learn.load_checkpoint(CHECKPOINT)?;
         println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter);
     }
-    let opts = FineTuneOptions { freeze_epochs: args.freeze_epochs, ..FineTuneOptions::default() };
+    let opts = args.recipe.fine_tune_options(args.freeze_epochs);
     let t0 = Instant::now();
-    learn.fine_tune_with(args.epochs, lr, opts)?;
+    let epochs = args.recipe.fine_tune(&mut learn, args.epochs, lr, opts)?;
     let fit_secs = t0.elapsed().as_secs_f64();
     if learn.stop_reason.as_deref() == Some("interrupted") {
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
     }
-    finish(&mut learn, args, arch, lr, fit_secs, &dls.datasets, &out)
+    finish(&mut learn, args, arch, lr, fit_secs, epochs, &dls, &out)
 }
 
 /// Runs `lr_find` (restoring the weights afterwards), draws lr_find.png, and returns the
@@ -197,9 +202,11 @@ fn finish(
     arch: Arch,
     lr: f64,
     fit_secs: f64,
-    ds: &Datasets,
+    epochs: usize,
+    dls: &ImageDataLoaders,
     out: &std::path::Path,
 ) -> crate::Result<FineTuneResult> {
+    let ds = &dls.datasets;
     let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
     learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
@@ -207,9 +214,13 @@ fn finish(
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
     let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
-    export_model(learn, args, arch, metrics, &out.join(MODEL_FILE))?;
-    let extra = interpret_valid(learn, &valid_items, out)?;
-    let settings = settings(args, arch, lr, learn, ds.train.len());
+    let ev = recipe::evaluate(&args.recipe, learn, dls, out)?;
+    export_model(learn, args, arch, metrics, epochs, ev.calibration.clone(), &out.join(MODEL_FILE))?;
+    let mut extra = interpret_valid(learn, &valid_items, out)?;
+    extra.extend(ev.sections.iter().cloned());
+    let mut settings = settings(args, arch, lr, learn, ds.train.len());
+    settings.extend(args.recipe.settings(epochs));
+    recipe::write_summary(out, error_rate, fit_secs, epochs, &ev)?;
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
     Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr })
@@ -222,6 +233,8 @@ fn export_model(
     args: &FineTuneArgs,
     arch: Arch,
     metrics: std::collections::BTreeMap<String, f64>,
+    epochs: usize,
+    calibration: Option<crate::export::Calibration>,
     path: &std::path::Path,
 ) -> crate::Result<()> {
     let norm = vision_batch_tfms(arch, args.size, args.min_scale)?;
@@ -239,7 +252,8 @@ fn export_model(
             std: n.std,
             augment: aug,
         },
-        training: Some(TrainingSummary { epochs: args.freeze_epochs + args.epochs, metrics, date: utc_now_iso8601() }),
+        training: Some(TrainingSummary { epochs: args.freeze_epochs + epochs, metrics, date: utc_now_iso8601() }),
+        calibration,
     };
     export(path, learn.model.as_ref(), &card)
 }
