@@ -46,6 +46,7 @@ fn main() -> kestrel::Result<()> {
         },
         training: None,
         output: Default::default(),
+        calibration: None,
     };
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("lite0.safetensors");

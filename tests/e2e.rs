@@ -82,7 +82,7 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
     let rows: Vec<&str> = csv.lines().filter(|l| !l.starts_with("epoch")).collect();
     assert_eq!(rows.len(), 2, "one frozen + one unfrozen epoch: {csv}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5, "show_batch, lr_find, loss, confusion matrix and top losses inlined");
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 6, "show_batch, lr_find, loss, confusion matrix, top losses and the reliability diagram inlined");
     assert!(html.contains("Most confused") && html.contains("Classification report"));
     assert!(!html.contains("src=\"http") && !html.contains("src=\"file"), "no external image");
     for s in ["resnet18", "Training (frozen body)", "Training (unfrozen)", "final error_rate"] {
@@ -95,6 +95,48 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&p.stdout).lines().next().unwrap()).unwrap();
     assert!(line["label"].is_string() && line["top"].as_array().is_some_and(|t| !t.is_empty()), "{line}");
+}
+
+/// The recipe options in one run (label smoothing, MixUp, EMA, TTA, wd, lr_mult and a time
+/// budget): the model file carries the fitted temperature, the report shows the ECE and the
+/// reliability diagram, summary.json has the numbers, and `predict --min-prob` answers
+/// `unknown` exactly when no class reaches the probability.
+#[test]
+fn fine_tune_recipe_options_calibrate_and_predict_unknown() {
+    let (tmp, images) = shapes_tmp(12);
+    let out = tmp.path().join("run");
+    let mut args = fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--label-smoothing", "--mixup", "--ema", "--tta", "--wd", "0.05", "--lr-mult", "10", "--time", "4s"]);
+    let o = kestrel(&args, &[]);
+    assert!(o.status.success());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let t = summary["calibration"]["temperature"].as_f64().unwrap();
+    assert!(t > 0.0 && summary["error_rate_tta"].as_f64().is_some_and(|e| (0.0..=1.0).contains(&e)), "{summary}");
+    assert!(summary["unfrozen_epochs"].as_u64().unwrap() >= 1);
+    let meta = kestrel::export::read_model_meta(&out.join("model.safetensors")).unwrap();
+    assert_eq!(meta.card.calibration.as_ref().map(|c| c.temperature), Some(t), "the model file carries the temperature");
+    assert!(out.join("reliability.png").is_file());
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for s in ["ECE (15 bins)", "Reliability diagram", "LabelSmoothingCrossEntropyFlat(eps=0.1)", "MixUp / CutMix alpha", "time budget", "with TTA"] {
+        assert!(html.contains(s), "report shows {s}");
+    }
+    let model = out.join("model.safetensors");
+    for p in ["0", "0.9"] {
+        let r = kestrel(&["predict", model.to_str().unwrap(), images.to_str().unwrap(), "--json", "--device", "cpu", "--min-prob", p], &[]);
+        assert!(r.status.success());
+        let p: f64 = p.parse().unwrap();
+        for line in String::from_utf8_lossy(&r.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let top = v["top"][0]["prob"].as_f64().unwrap();
+            // probabilities are printed rounded to 4 decimals
+            if (top - p).abs() > 1e-4 {
+                assert_eq!(v["label"] == "unknown", top < p, "{line}");
+                assert_eq!(v["index"].is_null(), top < p, "{line}");
+            }
+        }
+    }
+    let bad = kestrel(&["predict", model.to_str().unwrap(), images.to_str().unwrap(), "--min-prob", "1.5"], &[]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--min-prob 1.5"));
 }
 
 #[test]

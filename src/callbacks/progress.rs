@@ -51,7 +51,7 @@ impl Callback for ProgressCallback {
     }
     fn before_epoch(&mut self, l: &mut Learner) -> crate::Result<()> {
         self.start = Some(Instant::now());
-        if let Some(b) = &self.epoch_bar { b.set_position(l.epoch as u64); }
+        if let Some(b) = &self.epoch_bar { b.set_length(l.n_epoch as u64); b.set_position(l.epoch as u64); }
         Ok(())
     }
     fn before_train(&mut self, l: &mut Learner) -> crate::Result<()> { self.new_batch_bar(l, "train"); Ok(()) }

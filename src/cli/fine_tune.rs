@@ -4,12 +4,13 @@
 
 use super::aug::AugOpts;
 use super::data::DataOpts;
+use super::recipe::{self, RecipeOpts};
 use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
 use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
-use crate::data::Datasets;
+use crate::data::ImageDataLoaders;
 use crate::data::show::{Denorm, show_loader_batch};
-use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_aug_batch_tfms, vision_learner};
+use crate::learner::{Learner, LrFindOptions, vision_aug_batch_tfms, vision_learner};
 use crate::models::Arch;
 use crate::export::{Activation, ArchSpec, InferenceTransforms, ModelCard, OutputSpec, TrainingSummary, export, utc_now_iso8601};
 use crate::interpret::{ClassificationInterpretation, MultiLabelReport, best_threshold, get_multi_preds, get_preds, plot_confusion_matrix, plot_top_losses};
@@ -92,6 +93,9 @@ pub struct FineTuneArgs {
     /// Data-parallel training over N processes or machines (torchrun's options).
     #[command(flatten)]
     pub dist: DistArgs,
+    /// Recipe options: label smoothing, MixUp, CutMix, EMA, TTA, time budget, wd, lr_mult, calibration.
+    #[command(flatten)]
+    pub recipe: RecipeOpts,
 }
 
 /// What a finished run produced.
@@ -154,6 +158,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let main = dist.as_ref().is_none_or(|d| d.is_main());
     let arch: Arch = args.arch.parse()?;
     let thresh = parse_thresh(&args.thresh)?;
+    args.recipe.validate()?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
@@ -175,7 +180,14 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     // fastai `set_seed(seed)`: the new head's initial weights come from torch's generator.
     tch::manual_seed(args.data.seed as i64);
     let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(rank_seed(args, dist.as_ref()));
+    if dist.is_some() && args.recipe.time.is_some() {
+        bail!("--time is not supported with data-parallel training (every rank must run the same epochs): give --epochs");
+    }
     if dls.datasets.multi_labels.is_some() {
+        let r = &args.recipe;
+        if r.label_smoothing.is_some() || r.mixup.is_some() || r.cutmix.is_some() || r.tta {
+            bail!("--label-smoothing, --mixup, --cutmix and --tta are single-label options; this data is multi-label (--label-delim)");
+        }
         // fastai's multi-label learner (book chapter 6): BCEWithLogitsLossFlat,
         // accuracy_multi and F1ScoreMulti(average='samples') at the threshold.
         let t = thresh.unwrap_or(DEFAULT_THRESH);
@@ -196,6 +208,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     };
     let csv = out.join("metrics.csv");
     if main && !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
+    let learn = args.recipe.configure(learn);
     let mut learn = if main {
         learn.with_cb(Box::new(ProgressCallback::new())).with_cb(Box::new(CSVLogger::new(&csv, true)))
     } else {
@@ -218,9 +231,9 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         learn.seed = Some(rank_seed(args, dist.as_ref()));
         if main { println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter); }
     }
-    let opts = FineTuneOptions { freeze_epochs: args.freeze_epochs, ..FineTuneOptions::default() };
+    let opts = args.recipe.fine_tune_options(args.freeze_epochs);
     let t0 = Instant::now();
-    learn.fine_tune_with(args.epochs, lr, opts)?;
+    let epochs = args.recipe.fine_tune(&mut learn, args.epochs, lr, opts)?;
     let fit_secs = t0.elapsed().as_secs_f64();
     if learn.stop_reason.as_deref() == Some("interrupted") {
         if !main { bail!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display()); }
@@ -239,7 +252,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     }
     // Rank 0 interprets the whole validation set.
     learn.dls = full.dls();
-    finish(&mut learn, args, arch, lr, fit_secs, &full.datasets, &out, thresh)
+    finish(&mut learn, args, arch, lr, fit_secs, epochs, &full, &out, thresh)
 }
 
 /// The options this rank runs with: with NCCL, the device is `cuda:LOCAL_RANK`.
@@ -308,27 +321,34 @@ fn finish(
     arch: Arch,
     lr: f64,
     fit_secs: f64,
-    ds: &Datasets,
+    epochs: usize,
+    dls: &ImageDataLoaders,
     out: &std::path::Path,
     thresh: Option<f64>,
 ) -> crate::Result<FineTuneResult> {
+    let ds = &dls.datasets;
     let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
     learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
     let mut settings = settings(args, arch, lr, learn, ds.train.len());
-    let (error_rate, extra, output, multi_label) = if ds.multi_labels.is_some() {
+    settings.extend(args.recipe.settings(epochs));
+    let (error_rate, extra, output, multi_label, calibration) = if ds.multi_labels.is_some() {
         let (m, output, extra) = interpret_valid_multi(learn, ds.valid.len(), thresh)?;
         settings.push(("final f1_score (samples) / accuracy_multi".into(), format!("{:.4} / {:.4}", m.f1_samples, m.accuracy_multi)));
         settings.push(("threshold".into(), output.thresh_source.clone().unwrap_or_default()));
-        (f64::NAN, extra, output, Some(m))
+        (f64::NAN, extra, output, Some(m), None)
     } else {
         let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
         let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
-        (error_rate, interpret_valid(learn, &valid_items, out)?, OutputSpec::default(), None)
+        let ev = recipe::evaluate(&args.recipe, learn, dls, out)?;
+        let mut extra = interpret_valid(learn, &valid_items, out)?;
+        extra.extend(ev.sections.iter().cloned());
+        recipe::write_summary(out, error_rate, fit_secs, epochs, &ev)?;
+        (error_rate, extra, OutputSpec::default(), None, ev.calibration)
     };
-    export_model(learn, args, arch, metrics, output, &out.join(MODEL_FILE))?;
+    export_model(learn, args, arch, metrics, epochs, output, calibration, &out.join(MODEL_FILE))?;
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
     Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr, multi_label })
@@ -361,12 +381,15 @@ fn interpret_valid_multi(learn: &Learner, n_valid: usize, thresh: Option<f64>) -
 
 /// Writes the self-contained model file (weights + architecture, vocabulary, inference
 /// transforms and a training summary) that `kestrel predict` and `Predictor::load` read.
+#[allow(clippy::too_many_arguments)]
 fn export_model(
     learn: &Learner,
     args: &FineTuneArgs,
     arch: Arch,
     metrics: std::collections::BTreeMap<String, f64>,
+    epochs: usize,
     output: OutputSpec,
+    calibration: Option<crate::export::Calibration>,
     path: &std::path::Path,
 ) -> crate::Result<()> {
     let norm = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
@@ -384,8 +407,9 @@ fn export_model(
             std: n.std,
             augment: aug,
         },
-        training: Some(TrainingSummary { epochs: args.freeze_epochs + args.epochs, metrics, date: utc_now_iso8601() }),
+        training: Some(TrainingSummary { epochs: args.freeze_epochs + epochs, metrics, date: utc_now_iso8601() }),
         output,
+        calibration,
     };
     export(path, learn.model.as_ref(), &card)
 }

@@ -9,6 +9,7 @@ pub mod interpret;
 pub mod pets;
 pub mod predict;
 pub mod predict_model;
+pub mod recipe;
 
 use clap::{Parser, Subcommand};
 

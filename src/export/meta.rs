@@ -120,6 +120,36 @@ pub struct ModelCard {
     /// Activation and decision rule of the outputs (softmax when absent from the file).
     #[serde(default)]
     pub output: OutputSpec,
+    /// Temperature scaling fitted on the validation set: [`super::Predictor`] divides the
+    /// logits by `temperature` before the softmax. `None` (or absent in files written
+    /// before it existed): plain softmax. An ONNX export carries it as a division of the
+    /// logits by the same constant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Temperature scaling of a model's probabilities (Guo et al. 2017): probabilities are
+/// `softmax(logits / temperature)`. Written by `kestrel fine-tune`, with the expected
+/// calibration error (15 bins) and negative log-likelihood (natural log, per item) of the
+/// validation set before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// T > 0: the logits are divided by it (T > 1 softens over-confident probabilities).
+    pub temperature: f64,
+    /// Validation items T was fitted on.
+    pub n_fitted: usize,
+    /// ECE of the plain softmax, in [0, 1].
+    pub ece_before: f64,
+    /// ECE after scaling, measured on the items T was fitted on (optimistic).
+    pub ece_after: f64,
+    /// Mean NLL of the plain softmax.
+    pub nll_before: f64,
+    /// Mean NLL after scaling, on the items T was fitted on.
+    pub nll_after: f64,
+    /// ECE after scaling with 2-fold cross-fitting (T fitted on one half, measured on the other).
+    pub ece_after_crossfit: f64,
+    /// NLL after scaling with 2-fold cross-fitting.
+    pub nll_after_crossfit: f64,
 }
 
 /// The JSON stored under [`META_KEY`]: the [`ModelCard`] plus what the writer adds.

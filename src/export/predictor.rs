@@ -102,12 +102,17 @@ impl Predictor {
     /// A predictor over an in-memory `model` (e.g. a Learner's) described by `meta`,
     /// on the model's device — what `load` gives for the exported file.
     ///
-    /// Errors: a vocabulary whose size differs from `meta.card.arch.n_out`; transforms
-    /// the batch stage refuses (bad statistics or augmentation parameters).
+    /// Errors: a vocabulary whose size differs from `meta.card.arch.n_out`; a calibration
+    /// temperature that is not a positive number; transforms the batch stage refuses (bad statistics or augmentation parameters).
     pub fn new(model: Box<dyn Model>, meta: ModelMeta) -> crate::Result<Self> {
         let card = &meta.card;
         if card.vocab.len() != card.arch.n_out {
             bail!("the vocabulary has {} classes but the model has {} outputs", card.vocab.len(), card.arch.n_out);
+        }
+        if let Some(c) = &card.calibration
+            && !(c.temperature.is_finite() && c.temperature > 0.0)
+        {
+            bail!("the model file's calibration temperature {} is not a positive number", c.temperature);
         }
         let device = model.var_store().device();
         let t = &card.transforms;
@@ -159,7 +164,8 @@ impl Predictor {
 
     /// Probabilities (N, C) `f32` on the CPU for a presized `u8` batch (N, 3, H, W): the
     /// validation batch transform, the model in evaluation mode, softmax (or the sigmoid
-    /// of a multi-label model).
+    /// of a multi-label model) — of the logits divided by the model file's temperature when
+    /// it has one ([`super::Calibration`]).
     ///
     /// Errors: a batch the transform or the model refuses.
     pub fn predict_batch(&self, x: &Tensor) -> crate::Result<Tensor> {
@@ -170,6 +176,10 @@ impl Predictor {
         tch::no_grad(|| {
             let x = tfm.apply(&x.to_device(self.device), train, rng)?;
             let logits = self.model.forward_t(&x, false).to_kind(Kind::Float);
+            let logits = match &self.meta.card.calibration {
+                Some(c) => logits / c.temperature,
+                None => logits,
+            };
             let probs = match self.meta.card.output.activation {
                 Activation::Softmax => logits.softmax(-1, Kind::Float),
                 Activation::Sigmoid => logits.sigmoid(),

@@ -1,7 +1,9 @@
 //! Looking at a trained classifier's mistakes (fastai `ClassificationInterpretation`):
 //! predictions over a loader, confusion matrix, most confused pairs, top losses, the
-//! classification report, and their PNG plots; test-time augmentation over loaders.
+//! classification report, and their PNG plots; test-time augmentation over loaders;
+//! calibration (ECE, reliability diagram, temperature scaling).
 
+pub mod calibration;
 mod interpretation;
 mod multi;
 mod plot;

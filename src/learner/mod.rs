@@ -2,6 +2,7 @@
 //! callbacks, and the training loop with fastai's events, `fit`, `fit_one_cycle`,
 //! `fine_tune`, freezing and discriminative learning rates.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod fp16;
 pub mod loss;
@@ -12,6 +13,7 @@ pub mod schedule;
 mod training;
 pub mod vision;
 
+pub use budget::{TimeBudget, parse_duration};
 pub use checkpoint::Position;
 pub use fp16::{GradScaler, Precision};
 pub use loss::{BCEWithLogitsLossFlat, CrossEntropyLossFlat, LabelSmoothingCrossEntropy, Loss};
@@ -84,7 +86,8 @@ pub struct Learner {
     /// Precision of the forward pass (see [`Learner::to_fp16`], [`Learner::to_bf16`]).
     pub precision: Precision,
 
-    /// Number of epochs of the current fit.
+    /// Number of epochs of the current fit; a callback may change it during the fit (the
+    /// schedule then follows the new length; see [`Learner::fine_tune_for`]).
     pub n_epoch: usize,
     /// Current epoch (0-based, within the current fit).
     pub epoch: usize,

@@ -60,12 +60,15 @@ impl Learner {
             None => 0,
         };
         let res = self.with_events(Event::BeforeFit, Event::AfterFit, Cancel::Fit, |l| {
-            for epoch in start..l.n_epoch {
+            // `while`, not `for`: callbacks may change `n_epoch` during the fit (the time budget).
+            let mut epoch = start;
+            while epoch < l.n_epoch {
                 l.epoch = epoch;
                 l.with_events(Event::BeforeEpoch, Event::AfterEpoch, Cancel::Epoch, |l| {
                     l.do_epoch_train()?;
                     l.do_epoch_validate()
                 })?;
+                epoch += 1;
             }
             Ok(())
         });
