@@ -23,6 +23,7 @@ mod grad_clip;
 mod interrupt;
 mod progress;
 mod recorder;
+mod resource_usage;
 mod save_model;
 mod terminate_nan;
 
@@ -33,6 +34,7 @@ pub use grad_clip::GradientClip;
 pub use interrupt::{INTERRUPT_AFTER_ENV, InterruptCallback};
 pub use progress::{ProgressCallback, format_time};
 pub use recorder::Recorder;
+pub use resource_usage::{EpochUsage, ResourceUsageCallback};
 pub use save_model::{SaveCheckpoint, SaveModelCallback};
 pub use terminate_nan::TerminateOnNaNCallback;
 
