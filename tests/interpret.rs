@@ -92,6 +92,7 @@ fn card(vocab: &[&str]) -> ModelCard {
             epochs: 2,
             metrics: [("error_rate".to_string(), 0.25)].into(),
             date: export::utc_now_iso8601(),
+            precision: Some("bf16".into()),
         }),
         output: Default::default(),
         calibration: None,

@@ -25,6 +25,7 @@ mod interrupt;
 mod mixup;
 mod progress;
 mod recorder;
+mod resource_usage;
 mod save_model;
 mod terminate_nan;
 
@@ -37,6 +38,7 @@ pub use interrupt::{INTERRUPT_AFTER_ENV, InterruptCallback};
 pub use mixup::{MixHandler, MixKind, cutmix_inputs, mix_loss, mixup_inputs, rand_bbox, sample_beta};
 pub use progress::{ProgressCallback, format_time};
 pub use recorder::Recorder;
+pub use resource_usage::{EpochUsage, ResourceUsageCallback};
 pub use save_model::{SaveCheckpoint, SaveModelCallback};
 pub use terminate_nan::TerminateOnNaNCallback;
 

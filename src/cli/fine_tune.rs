@@ -5,18 +5,20 @@
 use super::aug::AugOpts;
 use super::data::DataOpts;
 use super::recipe::{self, RecipeOpts};
+use super::lr_find::print_suggestions;
+use super::model::{ModelOpts, PrecisionArg};
 use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
 use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
 use crate::data::ImageDataLoaders;
 use crate::data::show::{Denorm, show_loader_batch};
-use crate::learner::{Learner, LrFindOptions, vision_aug_batch_tfms, vision_learner};
+use crate::callbacks::{EpochUsage, ResourceUsageCallback};
+use crate::learner::{Learner, LrFindOptions, vision_aug_batch_tfms};
 use crate::models::Arch;
 use crate::export::{Activation, ArchSpec, InferenceTransforms, ModelCard, OutputSpec, TrainingSummary, export, utc_now_iso8601};
 use crate::interpret::{ClassificationInterpretation, MultiLabelReport, best_threshold, get_multi_preds, get_preds, plot_confusion_matrix, plot_top_losses};
 use crate::learner::BCEWithLogitsLossFlat;
 use crate::metrics::{F1ScoreMulti, accuracy_multi};
-use crate::models::zoo::weights_file;
 use crate::report::Section;
 use anyhow::{Context, bail};
 use clap::Args;
@@ -35,17 +37,9 @@ pub struct FineTuneArgs {
     /// The data (the same options as `kestrel data`).
     #[command(flatten)]
     pub data: DataOpts,
-    /// Architecture: resnet18, resnet34, resnet50, resnet101, resnet152,
-    /// efficientnet_lite0 … efficientnet_lite4 (fastai `vision_learner(dls, arch)`).
-    #[arg(long, default_value = "efficientnet_lite0")]
-    pub arch: String,
-    /// Start from random weights instead of ImageNet-pretrained ones (fastai
-    /// `pretrained=False`).
-    #[arg(long)]
-    pub no_pretrained: bool,
-    /// Pretrained weight file to use instead of the downloaded/installed one.
-    #[arg(long, value_name = "FILE", conflicts_with = "no_pretrained")]
-    pub weights: Option<PathBuf>,
+    /// The network (the same options as `kestrel lr-find`).
+    #[command(flatten)]
+    pub model: ModelOpts,
     /// The batch augmentation (fastai `aug_transforms`; the same options as `kestrel data`).
     #[command(flatten)]
     pub aug: AugOpts,
@@ -56,12 +50,19 @@ pub struct FineTuneArgs {
     /// `fine_tune(freeze_epochs=1)`).
     #[arg(long, default_value_t = 1)]
     pub freeze_epochs: usize,
-    /// Base learning rate of `fine_tune`, or `auto`: run `lr_find` and use its `valley`
-    /// suggestion. fastai's default base_lr is 2e-3.
+    /// Base learning rate of `fine_tune`, or `auto`: run an `lr_find` sweep first and use
+    /// its `valley` suggestion. fastai's default base_lr is 2e-3. With a number no sweep
+    /// runs (unless --lr-find).
     #[arg(long, default_value = "2e-3")]
     pub lr: String,
-    /// Batches of the `lr_find` sweep (fastai `num_it=100`); lr_find.png is drawn whenever the
-    /// sweep gives suggestions (at least 10 batches that do not diverge at once).
+    /// Also run the `lr_find` sweep before training with a fixed --lr, to draw
+    /// lr_find.png (`kestrel lr-find` draws it without training).
+    #[arg(long)]
+    pub lr_find: bool,
+    /// Batches of the `lr_find` sweep of `--lr auto`/`--lr-find` (fastai `num_it=100`),
+    /// capped at the number of training batches of the run: a sweep is never longer than
+    /// the training it precedes. Suggestions need at least 10 batches that do not diverge
+    /// at once.
     #[arg(long, default_value_t = 100)]
     pub lr_find_iters: usize,
     /// Multi-label data (`--label-delim`): the decision threshold on each label's sigmoid
@@ -71,18 +72,6 @@ pub struct FineTuneArgs {
     /// tuned on that set).
     #[arg(long, default_value = "0.2", value_name = "P|auto")]
     pub thresh: String,
-    /// Mixed precision with float16 and loss scaling (fastai `to_fp16`); needs a CUDA GPU.
-    #[arg(long, conflicts_with = "bf16")]
-    pub fp16: bool,
-    /// bfloat16 autocast of the forward pass, float32 weights (`Learner::to_bf16`): on
-    /// CPUs with AMX (and on GPUs) faster than float32 at about the same error rate.
-    #[arg(long)]
-    pub bf16: bool,
-    /// Channels-last memory layout of weights and batches (PyTorch
-    /// `memory_format=torch.channels_last`): the fastest layout for these convolutions on
-    /// the CPU (default true; `--channels-last false` for NCHW).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub channels_last: bool,
     /// Folder for the outputs (default `runs/<UTC date>-<time>`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -109,6 +98,10 @@ pub struct FineTuneResult {
     pub fit_secs: f64,
     /// The base learning rate used.
     pub lr: f64,
+    /// Batches of the lr_find sweep before training (0: no sweep).
+    pub lr_find_batches: usize,
+    /// Resource usage of each training phase (frozen and unfrozen epochs), in order.
+    pub epoch_usage: Vec<EpochUsage>,
     /// Multi-label runs: the outcome on the validation set at the model's threshold.
     pub multi_label: Option<MultiLabelOutcome>,
 }
@@ -133,18 +126,32 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
     launch_if_asked(&args.dist, &args.data.device)?;
     let r = fine_tune(&args)?;
     if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
+    print_usage(&r);
     match &r.multi_label {
-        Some(m) => println!("f1_score (samples) {:.4}, accuracy_multi {:.4} at threshold {}{}; outputs in {}",
+        Some(m) => println!("f1_score (samples) {:.4}, accuracy_multi {:.4} at threshold {}{} (fine_tune {:.1} s); outputs in {}",
                             m.f1_samples, m.accuracy_multi, m.thresh,
                             if m.tuned { " (chosen on the validation set: these scores are optimistic)" } else { "" },
-                            r.out.display()),
-        None => println!("error_rate {:.4}; outputs in {}", r.error_rate, r.out.display()),
+                            r.fit_secs, r.out.display()),
+        None => println!("error_rate {:.4} (fine_tune {:.1} s); outputs in {}", r.error_rate, r.fit_secs, r.out.display()),
     }
     println!("report: {}", r.out.join("report.html").display());
     Ok(())
 }
 
-/// The whole run: data, learner, lr_find (lr_find.png), `fine_tune` with the progress
+/// Prints the training epochs' CPU time, kernel share, page faults and peak RSS, and the
+/// allocator in use (the lines `scripts/bench/pets_vs_fastai.sh` reads).
+pub fn print_usage(r: &FineTuneResult) {
+    for e in &r.epoch_usage {
+        println!("epoch usage: phase {} epoch {}: {:.1} s wall, {}", e.phase, e.epoch, e.wall_s, e.usage);
+    }
+    let (u, s) = r.epoch_usage.iter().fold((0.0, 0.0), |(u, s), e| (u + e.usage.user_s, s + e.usage.system_s));
+    if u + s > 0.0 {
+        println!("training epochs: kernel {:.1}% of CPU time (user {u:.1} s, system {s:.1} s); peak RSS {:.2} GB; malloc: {}",
+                 100.0 * s / (u + s), crate::util::rusage::Usage::now().max_rss as f64 / 1e9, crate::util::alloc::malloc_in_use());
+    }
+}
+
+/// The whole run: data, learner, lr_find when asked (lr_find.png), `fine_tune` with the progress
 /// table, then loss.png, show_batch.png, metrics.csv, `model.safetensors`, the interpretation
 /// PNGs and report.html in `--out`.
 /// On Ctrl-C the current batch finishes, `checkpoint.pth` is written and the error says
@@ -156,7 +163,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let dist = DistRun::from_args(&args.dist, &args.data.device, args.data.bs)?;
     let args = &args_for_rank(args, dist.as_ref());
     let main = dist.as_ref().is_none_or(|d| d.is_main());
-    let arch: Arch = args.arch.parse()?;
+    let arch: Arch = args.model.arch()?;
     let thresh = parse_thresh(&args.thresh)?;
     args.recipe.validate()?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
@@ -176,43 +183,51 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     }
     let dls = match &dist { Some(d) => d.shard(&full)?, None => full.clone() };
 
-    let weights = if args.no_pretrained { None } else { Some(weights_file(arch.name(), args.weights.as_deref(), true)?) };
-    // fastai `set_seed(seed)`: the new head's initial weights come from torch's generator.
-    tch::manual_seed(args.data.seed as i64);
-    let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(rank_seed(args, dist.as_ref()));
     if dist.is_some() && args.recipe.time.is_some() {
         bail!("--time is not supported with data-parallel training (every rank must run the same epochs): give --epochs");
     }
-    if dls.datasets.multi_labels.is_some() {
+    let multi = dls.datasets.multi_labels.is_some();
+    if multi {
         let r = &args.recipe;
         if r.label_smoothing.is_some() || r.mixup.is_some() || r.cutmix.is_some() || r.tta {
             bail!("--label-smoothing, --mixup, --cutmix and --tta are single-label options; this data is multi-label (--label-delim)");
         }
-        // fastai's multi-label learner (book chapter 6): BCEWithLogitsLossFlat,
-        // accuracy_multi and F1ScoreMulti(average='samples') at the threshold.
-        let t = thresh.unwrap_or(DEFAULT_THRESH);
-        learn.loss_func = Box::new(BCEWithLogitsLossFlat { thresh: t });
-        learn.metrics = vec![accuracy_multi(t), Box::new(F1ScoreMulti::new(t))];
     }
-    if args.channels_last { learn.to_channels_last(); }
-    if args.fp16 { learn.to_fp16()?; }
-    if args.bf16 { learn.to_bf16()?; }
+    let mut learn = args.model.learner(dls.dls(), rank_seed(args, dist.as_ref()), |learn| {
+        if multi {
+            // fastai's multi-label learner (book chapter 6): BCEWithLogitsLossFlat,
+            // accuracy_multi and F1ScoreMulti(average='samples') at the threshold.
+            let t = thresh.unwrap_or(DEFAULT_THRESH);
+            learn.loss_func = Box::new(BCEWithLogitsLossFlat { thresh: t });
+            learn.metrics = vec![accuracy_multi(t), Box::new(F1ScoreMulti::new(t))];
+        }
+        Ok(())
+    })?.with_model_dir(&out);
 
-    let lr = if args.resume {
-        fixed_lr.context("--resume needs the learning rate of the interrupted run as --lr VALUE")?
-    } else {
+    let sweep = !args.resume && (lr_auto || args.lr_find);
+    let (lr, lr_find_batches) = if args.resume {
+        (fixed_lr.context("--resume needs the learning rate of the interrupted run as --lr VALUE")?, 0)
+    } else if sweep {
         match &dist {
-            Some(d) => d.lr_from_rank0(|| find_lr(&mut learn, args, &out, fixed_lr))?,
+            Some(d) => {
+                let mut n = 0;
+                let lr = d.lr_from_rank0(|| find_lr(&mut learn, args, &out, fixed_lr).map(|(lr, k)| { n = k; lr }))?;
+                (lr, n)
+            }
             None => find_lr(&mut learn, args, &out, fixed_lr)?,
         }
+    } else {
+        (fixed_lr.context("a fixed --lr")?, 0)
     };
+    let usage = ResourceUsageCallback::new();
+    let epoch_usage = usage.records();
     let csv = out.join("metrics.csv");
     if main && !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
     let learn = args.recipe.configure(learn);
     let mut learn = if main {
-        learn.with_cb(Box::new(ProgressCallback::new())).with_cb(Box::new(CSVLogger::new(&csv, true)))
+        learn.with_cb(Box::new(ProgressCallback::new())).with_cb(Box::new(CSVLogger::new(&csv, true))).with_cb(Box::new(usage))
     } else {
-        learn
+        learn.with_cb(Box::new(usage))
     };
     // Data-parallel: DistributedTrainer averages the gradients and stops every rank when
     // any is interrupted (rank 0 writing the checkpoint), in place of InterruptCallback.
@@ -248,11 +263,13 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     if !main {
         // Multi-label runs record no error_rate: NaN here, rank 0 reports the metrics.
         let error_rate = last_error_rate(&learn).unwrap_or(f64::NAN);
-        return Ok(FineTuneResult { out, error_rate, fit_secs, lr, multi_label: None });
+        return Ok(FineTuneResult { out, error_rate, fit_secs, lr, multi_label: None, lr_find_batches, epoch_usage: vec![] });
     }
     // Rank 0 interprets the whole validation set.
     learn.dls = full.dls();
-    finish(&mut learn, args, arch, lr, fit_secs, epochs, &full, &out, thresh)
+    let mut r = finish(&mut learn, args, arch, lr, lr_find_batches, fit_secs, epochs, &full, &out, thresh)?;
+    r.epoch_usage = epoch_usage.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(r)
 }
 
 /// The options this rank runs with: with NCCL, the device is `cuda:LOCAL_RANK`.
@@ -289,24 +306,27 @@ fn parse_thresh(s: &str) -> crate::Result<Option<f64>> {
     }
 }
 
-/// Runs `lr_find` (restoring the weights afterwards), draws lr_find.png, and returns the
-/// base learning rate: `fixed` when given, else the valley suggestion (printed).
-fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixed: Option<f64>) -> crate::Result<f64> {
-    let o = LrFindOptions { num_it: args.lr_find_iters, ..LrFindOptions::default() };
+/// Runs the `lr_find` sweep (restoring the weights afterwards) for at most as many
+/// batches as the training will run, draws lr_find.png and prints the suggestions; returns
+/// the base learning rate — `fixed` when given, else the valley suggestion — and the
+/// number of sweep batches.
+fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixed: Option<f64>) -> crate::Result<(f64, usize)> {
+    let training = (args.freeze_epochs + args.epochs) * learn.dls.train.n_batches();
+    let o = LrFindOptions { num_it: args.lr_find_iters.min(training), ..LrFindOptions::default() };
     let found = learn.lr_find(o);
     let r = match (found, fixed) {
         (Ok(r), _) => r,
         // With a fixed lr the sweep is only informative: a too-short sweep is not fatal.
-        (Err(e), Some(lr)) => { eprintln!("lr_find: {e:#} (continuing with --lr {lr:e})"); return Ok(lr); }
+        (Err(e), Some(lr)) => { eprintln!("lr_find: {e:#} (continuing with --lr {lr:e})"); return Ok((lr, learn.recorder.losses.len())); }
         (Err(e), None) => return Err(e.context("--lr auto needs a learning-rate sweep; give --lr VALUE instead")),
     };
     r.plot(&out.join("lr_find.png"))?;
+    print_suggestions(&r, o.num_it);
     Ok(match fixed {
-        Some(lr) => lr,
+        Some(lr) => (lr, r.lrs.len()),
         None => {
-            println!("lr_find: valley {:.2e} (minimum/10 {:.2e}, steep {:.2e}); using {:.2e}",
-                     r.valley.lr, r.minimum.lr, r.steep.lr, r.valley.lr);
-            r.valley.lr
+            println!("lr_find: using the valley suggestion {:.2e} as base_lr", r.valley.lr);
+            (r.valley.lr, r.lrs.len())
         }
     })
 }
@@ -320,6 +340,7 @@ fn finish(
     args: &FineTuneArgs,
     arch: Arch,
     lr: f64,
+    lr_find_batches: usize,
     fit_secs: f64,
     epochs: usize,
     dls: &ImageDataLoaders,
@@ -332,7 +353,7 @@ fn finish(
     let names = learn.metric_names();
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
-    let mut settings = settings(args, arch, lr, learn, ds.train.len());
+    let mut settings = settings(args, arch, lr, lr_find_batches, learn, ds.train.len());
     settings.extend(args.recipe.settings(epochs));
     let (error_rate, extra, output, multi_label, calibration) = if ds.multi_labels.is_some() {
         let (m, output, extra) = interpret_valid_multi(learn, ds.valid.len(), thresh)?;
@@ -351,7 +372,7 @@ fn finish(
     export_model(learn, args, arch, metrics, epochs, output, calibration, &out.join(MODEL_FILE))?;
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
-    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr, multi_label })
+    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr, multi_label, lr_find_batches, epoch_usage: vec![] })
 }
 
 /// The multi-label ending: sigmoid predictions on the validation set, the threshold
@@ -407,7 +428,8 @@ fn export_model(
             std: n.std,
             augment: aug,
         },
-        training: Some(TrainingSummary { epochs: args.freeze_epochs + epochs, metrics, date: utc_now_iso8601() }),
+        training: Some(TrainingSummary { epochs: args.freeze_epochs + epochs, metrics, date: utc_now_iso8601(),
+                                         precision: Some(learn.precision.name().to_string()) }),
         output,
         calibration,
     };
@@ -438,21 +460,25 @@ fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Pa
     ])
 }
 
-fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: usize) -> Vec<(String, String)> {
+fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, learn: &Learner, n_train: usize) -> Vec<(String, String)> {
     let d = &args.data;
     let data = match (&d.csv, &d.folder) {
         (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
         (None, Some(f)) => format!("{} (labels: {}, RandomSplitter({}))", f.display(), d.label_re, d.valid_pct),
         (None, None) => String::new(),
     };
-    let precision = if args.fp16 { "fp16" } else if args.bf16 { "bf16 autocast" } else { "fp32" };
+    let precision = match (args.model.precision, learn.precision) {
+        (PrecisionArg::Auto, p) => format!("{p} (--precision auto on {})", if crate::learner::fp16::cpu_has_native_bf16() { "a CPU with native bf16" } else { "this machine" }),
+        (_, p) => p.to_string(),
+    };
+    let lr_find = if lr_find_batches > 0 { format!("{lr_find_batches} batches (lr_find.png)") } else { "not run (--lr given; --lr-find draws lr_find.png)".into() };
     [
         ("data", data),
         ("classes", learn.dls.vocab.len().to_string()),
         ("train / valid images", format!("{n_train} / {} ({} trained on per epoch: {} batches of {}, the last \
             incomplete batch dropped as fastai does)", learn.dls.valid.n_items(), learn.dls.train.n_items(),
             learn.dls.train.n_batches(), args.data.bs)),
-        ("arch", format!("{arch}{}", if args.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
+        ("arch", format!("{arch}{}", if args.model.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
         ("presize", d.presize.to_string()),
         ("augmentation (aug_transforms)", args.aug.describe()),
         ("bs", match crate::distributed::group() {
@@ -461,7 +487,8 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: 
         }),
         ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
-        ("precision / layout", format!("{precision} / {}", if args.channels_last { "channels-last" } else { "NCHW" })),
+        ("lr_find", lr_find),
+        ("precision / layout", format!("{precision} / {}", if args.model.channels_last { "channels-last" } else { "NCHW" })),
         ("seed", d.seed.to_string()),
         ("device", crate::util::device::device_name(learn.dls.train.device())),
         ("kestrel", env!("CARGO_PKG_VERSION").to_string()),

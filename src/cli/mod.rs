@@ -6,6 +6,8 @@ pub mod check_data;
 pub mod data;
 pub mod fine_tune;
 pub mod interpret;
+pub mod lr_find;
+pub mod model;
 pub mod pets;
 pub mod predict;
 pub mod predict_model;
@@ -34,6 +36,10 @@ pub enum Command {
     /// Fine-tune a pretrained network on your images (fastai `vision_learner` +
     /// `fine_tune`), writing plots, metrics, the model and report.html.
     FineTune(fine_tune::FineTuneArgs),
+    /// The learning-rate finder (fastai `learn.lr_find()`): sweeps the lr on the same data
+    /// and model as fine-tune, prints the valley, minimum/10, steep and slide suggestions
+    /// and draws the plot; `--from MODEL --unfreeze` is the second sweep after training the head.
+    LrFind(lr_find::LrFindArgs),
     /// The fastai book's pet-breeds run (chapter 5) with its recipe.
     Pets(pets::PetsArgs),
     /// Predict with a trained model, or with a pretrained ImageNet network (`--imagenet`).
@@ -51,6 +57,7 @@ pub fn main() -> crate::Result<()> {
         Command::Data(a) => data::run(a),
         Command::CheckData(a) => check_data::run(a),
         Command::FineTune(a) => fine_tune::run(a),
+        Command::LrFind(a) => lr_find::run(a),
         Command::Pets(a) => pets::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Interpret(a) => interpret::run(a),

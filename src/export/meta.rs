@@ -74,6 +74,10 @@ pub struct TrainingSummary {
     pub metrics: BTreeMap<String, f64>,
     /// UTC date and time the model was exported, ISO 8601 (`2026-11-30T01:02:03Z`).
     pub date: String,
+    /// Numeric precision of the training (`fp32`, `bf16` autocast or `fp16` autocast;
+    /// `--precision auto` depends on the machine). `None` in files that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// The activation of the model's outputs (fastai: the loss function's `activation`).
