@@ -30,7 +30,7 @@ pub use csv_logger::CSVLogger;
 pub use early_stopping::EarlyStoppingCallback;
 pub use grad_accum::GradientAccumulation;
 pub use grad_clip::GradientClip;
-pub use interrupt::{INTERRUPT_AFTER_ENV, InterruptCallback};
+pub use interrupt::{GRACE, INTERRUPT_AFTER_ENV, InterruptCallback, SavingGuard, install_handler, interrupt_requested, set_resume_hint};
 pub use progress::{ProgressCallback, format_time};
 pub use recorder::Recorder;
 pub use save_model::{SaveCheckpoint, SaveModelCallback};

@@ -4,7 +4,7 @@
 
 use super::data::DataOpts;
 use crate::report::run::{RunFiles, write_run_report};
-use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
+use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback, SaveCheckpoint, interrupt_requested};
 use crate::data::Datasets;
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
@@ -83,6 +83,39 @@ pub struct FineTuneArgs {
     /// options as the interrupted command; kestrel prints the exact command).
     #[arg(long, requires = "out")]
     pub resume: bool,
+    /// Also write `checkpoint.pth` periodically, so that a run killed without warning
+    /// (`kill -9`, the OOM killer, a power cut) loses at most that much work: `500b` every
+    /// 500 training batches (and at each epoch end), `1e` after every epoch. Each write is
+    /// atomic; `--resume` continues from the last one exactly. Default: only on Ctrl-C or
+    /// SIGTERM.
+    #[arg(long, value_name = "Nb|Ne", value_parser = parse_checkpoint_every)]
+    pub checkpoint_every: Option<CheckpointEvery>,
+}
+
+/// How often `--checkpoint-every` writes the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointEvery {
+    /// Every N training batches (counted within each phase of `fine_tune`) and at epoch ends.
+    Batches(usize),
+    /// After every N epochs of each phase.
+    Epochs(usize),
+}
+
+/// Parses `--checkpoint-every`: a positive number followed by `b`/`batches` or
+/// `e`/`epochs`, e.g. `500b`, `1e`.
+///
+/// Errors: no unit, an unknown unit, or not a positive number.
+pub fn parse_checkpoint_every(s: &str) -> Result<CheckpointEvery, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("{s}: expected a positive number with a unit, e.g. 500b or 1e"))?;
+    match unit.trim() {
+        "b" | "batch" | "batches" => Ok(CheckpointEvery::Batches(n)),
+        "e" | "epoch" | "epochs" => Ok(CheckpointEvery::Epochs(n)),
+        "" => Err(format!("{s}: say batches or epochs, e.g. {n}b or {n}e")),
+        u => Err(format!("{s}: unknown unit {u:?} (b = batches, e = epochs)")),
+    }
 }
 
 /// What a finished run produced.
@@ -111,8 +144,11 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
 /// The whole run: data, learner, lr_find (lr_find.png), `fine_tune` with the progress
 /// table, then loss.png, show_batch.png, metrics.csv, `model.safetensors`, the interpretation
 /// PNGs and report.html in `--out`.
-/// On Ctrl-C the current batch finishes, `checkpoint.pth` is written and the error says
-/// the command that resumes.
+/// On Ctrl-C or SIGTERM the current batch finishes, `checkpoint.pth` is written and the
+/// error says the command that resumes; in validation the checkpoint is the end of the
+/// epoch's training; during lr_find nothing is written (nothing was trained yet); after
+/// training the model file is written first. Whatever the phase, the process ends within
+/// 10 s of the signal ([`crate::callbacks::GRACE`]).
 ///
 /// Errors: bad options (an unknown arch, `--lr` neither `auto` nor a positive number);
 /// the data, weight and training errors; `--resume` without a checkpoint; an interrupt.
@@ -126,6 +162,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
     }
 
+    crate::callbacks::install_handler()?;
     let tfms = vision_batch_tfms(arch, args.size, args.min_scale)?;
     let norm = tfms.normalize().clone();
     let dls = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
@@ -145,12 +182,21 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     } else {
         find_lr(&mut learn, args, &out, fixed_lr)?
     };
+    if interrupt_requested() {
+        bail!("interrupted before training (nothing to resume); run the same command again:\n  {}", plain_command());
+    }
+    crate::callbacks::set_resume_hint(learn.checkpoint_path(CHECKPOINT), resume_command(lr, &out));
     let csv = out.join("metrics.csv");
     if !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
-    let mut learn = learn
+    let learn = learn
         .with_cb(Box::new(ProgressCallback::new()))
         .with_cb(Box::new(CSVLogger::new(&csv, true)))
         .with_cb(Box::new(InterruptCallback::on_ctrl_c(CHECKPOINT)?));
+    let mut learn = match args.checkpoint_every {
+        Some(CheckpointEvery::Batches(n)) => learn.with_cb(Box::new(SaveCheckpoint::new(CHECKPOINT, Some(n)))),
+        Some(CheckpointEvery::Epochs(n)) => learn.with_cb(Box::new(SaveCheckpoint::every_epochs(CHECKPOINT, n))),
+        None => learn,
+    };
     if args.resume {
         let p = learn.load_checkpoint(CHECKPOINT)?;
         println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter);
@@ -201,18 +247,34 @@ fn finish(
     out: &std::path::Path,
 ) -> crate::Result<FineTuneResult> {
     let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
-    learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
     let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
     let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
+    // The trained model first: a signal after training still leaves it on disk.
     export_model(learn, args, arch, metrics, &out.join(MODEL_FILE))?;
+    stop_if_interrupted(learn, lr, out)?;
+    learn.recorder.plot_loss(&out.join("loss.png"))?;
+    stop_if_interrupted(learn, lr, out)?;
     let extra = interpret_valid(learn, &valid_items, out)?;
+    stop_if_interrupted(learn, lr, out)?;
     let settings = settings(args, arch, lr, learn, ds.train.len());
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
     Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr })
+}
+
+/// After training, on SIGINT/SIGTERM: writes the checkpoint of the finished training (the
+/// resumed run only redoes the outputs) and returns the error with the resume command.
+fn stop_if_interrupted(learn: &Learner, lr: f64, out: &std::path::Path) -> crate::Result<()> {
+    if !interrupt_requested() {
+        return Ok(());
+    }
+    let _guard = crate::callbacks::SavingGuard::new();
+    let ckpt = learn.save(CHECKPOINT, Some(learn.position_after_epoch()))?;
+    bail!("interrupted after training: the model is saved in {}, the plots and report.html are not written; \
+           checkpoint written to {}\nresume with:\n  {}", out.join(MODEL_FILE).display(), ckpt.display(), resume_command(lr, out));
 }
 
 /// Writes the self-contained model file (weights + architecture, vocabulary, inference
@@ -295,6 +357,13 @@ fn parse_lr(s: &str) -> crate::Result<f64> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => bail!("--lr {s}: expected `auto` or a positive number such as 2e-3"),
     }
+}
+
+/// The command line of this process, quoted for a shell, with `kestrel` as its program.
+fn plain_command() -> String {
+    let mut cmd: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
+    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
+    cmd.join(" ")
 }
 
 /// The command line of this process with `--resume`, `--out` and the lr actually used.
