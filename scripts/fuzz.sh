@@ -25,6 +25,8 @@ cargo run --quiet --example fuzz_seeds -- "$root/fuzz/corpus"
 cd "$root/fuzz"
 fuzz_target_dir="${KESTREL_FUZZ_TARGET_DIR:-$CARGO_TARGET_DIR-fuzz}"
 export CARGO_TARGET_DIR="$fuzz_target_dir"
+# The fuzz binaries get no rpath from kestrel's build.rs (it sets one for kestrel's own).
+export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo fuzz build -s none
 per=$(( total / ${#targets[@]} ))
 [ "$per" -ge 1 ] || per=1
