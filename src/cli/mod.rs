@@ -25,7 +25,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N", default_value_t = crate::data::decode::DEFAULT_MAX_PIXELS)]
     pub max_image_pixels: u64,
     /// Refuse image files that would decode to more than this many bytes per byte of file
-    /// (checked above 64 MiB decoded: a decompression bomb); 0 for no limit.
+    /// (checked above 8 MiB decoded: a decompression bomb); 0 for no limit.
     #[arg(long, global = true, value_name = "RATIO", default_value_t = crate::data::decode::DEFAULT_MAX_RATIO)]
     pub max_image_ratio: u64,
 }
