@@ -104,8 +104,11 @@ impl Learner {
     pub fn load(&mut self, name: &str) -> crate::Result<Option<Position>> {
         let path = self.checkpoint_path(name);
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        // libtorch's message carries a C++ backtrace: keep its first line.
         let named: HashMap<String, Tensor> = Tensor::load_multi_from_stream(std::io::Cursor::new(bytes))
-            .with_context(|| format!("{} is not a libtorch archive", path.display()))?.into_iter().collect();
+            .map_err(|e| anyhow::anyhow!("{} is not a complete kestrel checkpoint (truncated or damaged file?): {}",
+                                         path.display(), e.to_string().lines().next().unwrap_or_default()))?
+            .into_iter().collect();
         let meta = named.get("meta").with_context(|| format!("{} is not a kestrel checkpoint (no meta)", path.display()))?;
         anyhow::ensure!(meta.kind() == Kind::Uint8 && meta.dim() == 1, "{}: damaged checkpoint (bad meta entry)", path.display());
         let meta: Vec<u8> = Vec::try_from(meta)?;
