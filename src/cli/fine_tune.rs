@@ -8,7 +8,7 @@ use super::recipe::{self, RecipeOpts};
 use super::lr_find::print_suggestions;
 use super::model::{ModelOpts, PrecisionArg};
 use crate::report::run::{RunFiles, write_run_report};
-use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
+use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback, SaveCheckpoint, interrupt_requested};
 use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
 use crate::data::ImageDataLoaders;
 use crate::data::show::{Denorm, show_loader_batch};
@@ -85,6 +85,39 @@ pub struct FineTuneArgs {
     /// Recipe options: label smoothing, MixUp, CutMix, EMA, TTA, time budget, wd, lr_mult, calibration.
     #[command(flatten)]
     pub recipe: RecipeOpts,
+    /// Also write `checkpoint.pth` periodically, so that a run killed without warning
+    /// (`kill -9`, the OOM killer, a power cut) loses at most that much work: `500b` every
+    /// 500 training batches (and at each epoch end), `1e` after every epoch. Each write is
+    /// atomic; `--resume` continues from the last one exactly. Default: only on Ctrl-C or
+    /// SIGTERM.
+    #[arg(long, value_name = "Nb|Ne", value_parser = parse_checkpoint_every)]
+    pub checkpoint_every: Option<CheckpointEvery>,
+}
+
+/// How often `--checkpoint-every` writes the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointEvery {
+    /// Every N training batches (counted within each phase of `fine_tune`) and at epoch ends.
+    Batches(usize),
+    /// After every N epochs of each phase.
+    Epochs(usize),
+}
+
+/// Parses `--checkpoint-every`: a positive number followed by `b`/`batches` or
+/// `e`/`epochs`, e.g. `500b`, `1e`.
+///
+/// Errors: no unit, an unknown unit, or not a positive number.
+pub fn parse_checkpoint_every(s: &str) -> Result<CheckpointEvery, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("{s}: expected a positive number with a unit, e.g. 500b or 1e"))?;
+    match unit.trim() {
+        "b" | "batch" | "batches" => Ok(CheckpointEvery::Batches(n)),
+        "e" | "epoch" | "epochs" => Ok(CheckpointEvery::Epochs(n)),
+        "" => Err(format!("{s}: say batches or epochs, e.g. {n}b or {n}e")),
+        u => Err(format!("{s}: unknown unit {u:?} (b = batches, e = epochs)")),
+    }
 }
 
 /// What a finished run produced.
@@ -154,8 +187,11 @@ pub fn print_usage(r: &FineTuneResult) {
 /// The whole run: data, learner, lr_find when asked (lr_find.png), `fine_tune` with the progress
 /// table, then loss.png, show_batch.png, metrics.csv, `model.safetensors`, the interpretation
 /// PNGs and report.html in `--out`.
-/// On Ctrl-C the current batch finishes, `checkpoint.pth` is written and the error says
-/// the command that resumes.
+/// On Ctrl-C or SIGTERM the current batch finishes, `checkpoint.pth` is written and the
+/// error says the command that resumes; in validation the checkpoint is the end of the
+/// epoch's training; during lr_find nothing is written (nothing was trained yet); after
+/// training the model file is written first. Whatever the phase, the process ends within
+/// 10 s of the signal ([`crate::callbacks::GRACE`]).
 ///
 /// Errors: bad options (an unknown arch, `--lr` neither `auto` nor a positive number);
 /// the data, weight and training errors; `--resume` without a checkpoint; an interrupt.
@@ -174,6 +210,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
     }
 
+    crate::callbacks::install_handler()?;
     let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let norm = tfms.normalize().clone();
     let full = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
@@ -219,6 +256,10 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     } else {
         (fixed_lr.context("a fixed --lr")?, 0)
     };
+    if interrupt_requested() {
+        bail!("interrupted before training (nothing to resume); run the same command again:\n  {}", plain_command());
+    }
+    crate::callbacks::set_resume_hint(learn.checkpoint_path(CHECKPOINT), resume_command(lr, &out));
     let usage = ResourceUsageCallback::new();
     let epoch_usage = usage.records();
     let csv = out.join("metrics.csv");
@@ -240,6 +281,12 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
             learn.with_cb(Box::new(t))
         }
         None => learn.with_cb(Box::new(interrupt)),
+    };
+    // Periodic checkpoints: rank 0 writes them, as every output.
+    learn = match args.checkpoint_every.filter(|_| main) {
+        Some(CheckpointEvery::Batches(n)) => learn.with_cb(Box::new(SaveCheckpoint::new(CHECKPOINT, Some(n)))),
+        Some(CheckpointEvery::Epochs(n)) => learn.with_cb(Box::new(SaveCheckpoint::every_epochs(CHECKPOINT, n))),
+        None => learn,
     };
     if args.resume {
         let p = learn.load_checkpoint(CHECKPOINT)?;
@@ -349,27 +396,34 @@ fn finish(
 ) -> crate::Result<FineTuneResult> {
     let ds = &dls.datasets;
     let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
-    learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
     let mut settings = settings(args, arch, lr, lr_find_batches, learn, ds.train.len());
     settings.extend(args.recipe.settings(epochs));
-    let (error_rate, extra, output, multi_label, calibration) = if ds.multi_labels.is_some() {
+    // The model file's outputs: the multi-label threshold, or the calibration temperature.
+    let (error_rate, output, multi_label, mut extra, ev) = if ds.multi_labels.is_some() {
         let (m, output, extra) = interpret_valid_multi(learn, ds.valid.len(), thresh)?;
         settings.push(("final f1_score (samples) / accuracy_multi".into(), format!("{:.4} / {:.4}", m.f1_samples, m.accuracy_multi)));
         settings.push(("threshold".into(), output.thresh_source.clone().unwrap_or_default()));
-        (f64::NAN, extra, output, Some(m), None)
+        (f64::NAN, output, Some(m), extra, None)
     } else {
         let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
         let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
-        let ev = recipe::evaluate(&args.recipe, learn, dls, out)?;
-        let mut extra = interpret_valid(learn, &valid_items, out)?;
-        extra.extend(ev.sections.iter().cloned());
-        recipe::write_summary(out, error_rate, fit_secs, epochs, &ev)?;
-        (error_rate, extra, OutputSpec::default(), None, ev.calibration)
+        (error_rate, OutputSpec::default(), None, Vec::new(), Some(recipe::evaluate(&args.recipe, learn, dls, out)?))
     };
+    // The trained model first: a signal after training still leaves it on disk.
+    let calibration = ev.as_ref().and_then(|e| e.calibration.clone());
     export_model(learn, args, arch, metrics, epochs, output, calibration, &out.join(MODEL_FILE))?;
+    stop_if_interrupted(learn, lr, out)?;
+    learn.recorder.plot_loss(&out.join("loss.png"))?;
+    stop_if_interrupted(learn, lr, out)?;
+    if let Some(ev) = &ev {
+        extra.extend(interpret_valid(learn, &valid_items, out)?);
+        extra.extend(ev.sections.iter().cloned());
+        recipe::write_summary(out, error_rate, fit_secs, epochs, ev)?;
+        stop_if_interrupted(learn, lr, out)?;
+    }
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
     Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr, multi_label, lr_find_batches, epoch_usage: vec![] })
@@ -398,6 +452,18 @@ fn interpret_valid_multi(learn: &Learner, n_valid: usize, thresh: Option<f64>) -
         rows: r.rows(),
     }];
     Ok((m, output, extra))
+}
+
+/// After training, on SIGINT/SIGTERM: writes the checkpoint of the finished training (the
+/// resumed run only redoes the outputs) and returns the error with the resume command.
+fn stop_if_interrupted(learn: &Learner, lr: f64, out: &std::path::Path) -> crate::Result<()> {
+    if !interrupt_requested() {
+        return Ok(());
+    }
+    let _guard = crate::callbacks::SavingGuard::new();
+    let ckpt = learn.save(CHECKPOINT, Some(learn.position_after_epoch()))?;
+    bail!("interrupted after training: the model is saved in {}, the plots and report.html are not written; \
+           checkpoint written to {}\nresume with:\n  {}", out.join(MODEL_FILE).display(), ckpt.display(), resume_command(lr, out));
 }
 
 /// Writes the self-contained model file (weights + architecture, vocabulary, inference
@@ -501,6 +567,13 @@ fn parse_lr(s: &str) -> crate::Result<f64> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => bail!("--lr {s}: expected `auto` or a positive number such as 2e-3"),
     }
+}
+
+/// The command line of this process, quoted for a shell, with `kestrel` as its program.
+fn plain_command() -> String {
+    let mut cmd: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
+    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
+    cmd.join(" ")
 }
 
 /// The command line of this process with `--resume`, `--out` and the lr actually used.

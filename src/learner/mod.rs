@@ -124,6 +124,8 @@ pub struct Learner {
     pub resume: Option<Position>,
     pub(crate) sched: LrSchedule,
     pub(crate) skip_batches: usize,
+    /// The recorder saved with the checkpoint being resumed (see [`Learner::load`]).
+    pub(crate) resume_recorder: Option<Recorder>,
 }
 
 impl Learner {
@@ -141,6 +143,7 @@ impl Learner {
             n_epoch: 0, epoch: 0, n_iter: 0, iter: 0, train_iter: 0, pct_train: 0.0, training: false,
             phase: 0, train_pass: 0, xb: None, yb: None, pred: None, loss_grad: None, loss: f64::NAN,
             smooth_loss: f64::NAN, stop_reason: None, resume: None, sched: LrSchedule::Constant, skip_batches: 0,
+            resume_recorder: None,
         })
     }
 
