@@ -7,6 +7,7 @@ use super::data::DataOpts;
 use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
 use crate::data::Datasets;
+use crate::data::layout::FolderLayout;
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_aug_batch_tfms, vision_learner};
 use crate::models::Arch;
@@ -356,7 +357,19 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: 
     let d = &args.data;
     let data = match (&d.csv, &d.folder) {
         (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
-        (None, Some(f)) => format!("{} (labels: {}, RandomSplitter({}))", f.display(), d.label_re, d.valid_pct),
+        (None, Some(f)) => {
+            let layout = d.layout().ok().flatten();
+            let labels = match (&layout, d.label_from) {
+                (Some(FolderLayout::Split { .. } | FolderLayout::Classes { .. }), None) => "class folders".to_string(),
+                _ => format!("labels: {}", d.label_re),
+            };
+            let split = match (&d.valid_list, &layout) {
+                (Some(v), _) => format!("FileSplitter({})", v.display()),
+                (None, Some(l @ FolderLayout::Split { .. })) => l.describe(),
+                _ => format!("RandomSplitter({})", d.valid_pct),
+            };
+            format!("{} ({labels}, {split})", f.display())
+        }
         (None, None) => String::new(),
     };
     let precision = if args.fp16 { "fp16" } else if args.bf16 { "bf16 autocast" } else { "fp32" };
@@ -370,6 +383,7 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: 
         ("presize", d.presize.to_string()),
         ("augmentation (aug_transforms)", args.aug.describe()),
         ("bs", d.bs.to_string()),
+        ("sampling", if d.balance { "class-balanced (--balance: weights 1/class count, with replacement)".into() } else { "each training photo once per epoch, shuffled".into() }),
         ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
         ("precision / layout", format!("{precision} / {}", if args.channels_last { "channels-last" } else { "NCHW" })),
