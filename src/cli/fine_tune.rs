@@ -11,6 +11,7 @@ use crate::report::run::{RunFiles, write_run_report};
 use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback, SaveCheckpoint, interrupt_requested};
 use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
 use crate::data::ImageDataLoaders;
+use crate::data::layout::FolderLayout;
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::callbacks::{EpochUsage, ResourceUsageCallback};
 use crate::learner::{Learner, LrFindOptions, vision_aug_batch_tfms};
@@ -530,7 +531,19 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, le
     let d = &args.data;
     let data = match (&d.csv, &d.folder) {
         (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
-        (None, Some(f)) => format!("{} (labels: {}, RandomSplitter({}))", f.display(), d.label_re, d.valid_pct),
+        (None, Some(f)) => {
+            let layout = d.layout().ok().flatten();
+            let labels = match (&layout, d.label_from) {
+                (Some(FolderLayout::Split { .. } | FolderLayout::Classes { .. }), None) => "class folders".to_string(),
+                _ => format!("labels: {}", d.label_re),
+            };
+            let split = match (&d.valid_list, &layout) {
+                (Some(v), _) => format!("FileSplitter({})", v.display()),
+                (None, Some(l @ FolderLayout::Split { .. })) => l.describe(),
+                _ => format!("RandomSplitter({})", d.valid_pct),
+            };
+            format!("{} ({labels}, {split})", f.display())
+        }
         (None, None) => String::new(),
     };
     let precision = match (args.model.precision, learn.precision) {
@@ -551,6 +564,7 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, le
             Some(g) => format!("{} per process × {} processes ({}) = global batch {}", d.bs, g.world(), g.backend().name(), d.bs * g.world()),
             None => d.bs.to_string(),
         }),
+        ("sampling", if d.balance { "class-balanced (--balance: weights 1/class count, with replacement)".into() } else { "each training photo once per epoch, shuffled".into() }),
         ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
         ("lr_find", lr_find),
