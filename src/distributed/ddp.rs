@@ -139,11 +139,16 @@ pub fn model_tensors(l: &Learner) -> Vec<Tensor> {
     v.into_iter().map(|(_, t)| t).collect()
 }
 
-/// Sums `v` over the ranks (f64).
+/// Reduces `v` over the ranks (f64, on the group's device: NCCL needs CUDA tensors).
+fn reduce_f64(pg: &ProcessGroup, v: &[f64], op: ReduceOp) -> crate::Result<Vec<f64>> {
+    let t = Tensor::from_slice(v).to_kind(Kind::Double).to_device(pg.device());
+    pg.allreduce(&t, op)?;
+    Ok(Vec::<f64>::try_from(&t.to_device(tch::Device::Cpu))?)
+}
+
+/// Sums `v` over the ranks.
 fn sum_f64(pg: &ProcessGroup, v: &[f64]) -> crate::Result<Vec<f64>> {
-    let t = Tensor::from_slice(v).to_kind(Kind::Double);
-    pg.allreduce(&t, ReduceOp::Sum)?;
-    Ok(Vec::<f64>::try_from(&t)?)
+    reduce_f64(pg, v, ReduceOp::Sum)
 }
 
 impl Callback for DistributedTrainer {
@@ -219,9 +224,7 @@ pub fn reduce_metrics(pg: &ProcessGroup, l: &mut Learner) -> crate::Result<()> {
         sums.push(m.sums().ok_or_else(|| anyhow::anyhow!("metric {} cannot be reduced across data-parallel ranks", m.name()))?);
     }
     let lens: Vec<f64> = sums.iter().map(|s| s.len() as f64).collect();
-    let t = Tensor::from_slice(&lens).to_kind(Kind::Double);
-    pg.allreduce(&t, ReduceOp::Max)?;
-    let lens: Vec<usize> = Vec::<f64>::try_from(&t)?.into_iter().map(|x| x as usize).collect();
+    let lens: Vec<usize> = reduce_f64(pg, &lens, ReduceOp::Max)?.into_iter().map(|x| x as usize).collect();
     let mut flat = Vec::new();
     for (s, &n) in sums.iter().zip(&lens) {
         flat.extend(s.iter().copied());
