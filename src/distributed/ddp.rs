@@ -162,8 +162,14 @@ impl Callback for DistributedTrainer {
 
     fn after_backward(&mut self, l: &mut Learner) -> crate::Result<()> {
         let t0 = Instant::now();
+        // Every trainable parameter, on every rank the same list (PyTorch DDP reduces the
+        // parameters that require grad): a frozen parameter may still hold a stale gradient
+        // on one rank (rank 0 ran lr_find before freezing), so "grad defined" would differ.
+        // A trainable parameter without a gradient this step contributes zeros.
         let grads: Vec<Tensor> = l.opt.groups.iter().flatten().rev()
-            .map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
+            .filter(|p| p.tensor.requires_grad())
+            .map(|p| { let g = p.tensor.grad(); if g.defined() { g } else { p.tensor.zeros_like() } })
+            .collect();
         average_gradients(self.pg, &grads, BUCKET_BYTES)?;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.steps += 1;
