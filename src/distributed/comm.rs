@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow, bail};
 use std::ffi::{CString, c_void};
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// The collective library of a [`ProcessGroup`] (torch.distributed's `backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,7 @@ pub struct ProcessGroup {
     rank: usize,
     world: usize,
     backend: Backend,
+    device: Device,
     timeout_ms: i64,
     /// The address each rank's process group is bound to, by rank.
     addrs: Vec<String>,
@@ -141,6 +142,7 @@ impl ProcessGroup {
         .map_err(|m| anyhow!("rank {}: rendezvous at {}:{} failed: {m}", cfg.rank, cfg.master_addr, cfg.master_port))?;
         let mut pg = ProcessGroup {
             store, pg: std::ptr::null_mut(), rank: cfg.rank, world: cfg.world, backend: cfg.backend, timeout_ms, addrs: vec![],
+            device: match cfg.backend { Backend::Gloo => Device::Cpu, Backend::Nccl => Device::Cuda(cfg.local_rank) },
         };
         pg.store_set(&format!("kestrel/addr/{}", cfg.rank), bind.as_bytes())?;
         let prefix = cstr("kestrel/pg/")?;
@@ -170,6 +172,8 @@ impl ProcessGroup {
     pub fn world(&self) -> usize { self.world }
     /// Gloo or NCCL.
     pub fn backend(&self) -> Backend { self.backend }
+    /// Where this group's tensors must be: the CPU for Gloo, `cuda:LOCAL_RANK` for NCCL.
+    pub fn device(&self) -> Device { self.device }
     /// The address each rank's group is bound to, by rank.
     pub fn addrs(&self) -> &[String] { &self.addrs }
 

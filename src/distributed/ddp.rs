@@ -139,11 +139,16 @@ pub fn model_tensors(l: &Learner) -> Vec<Tensor> {
     v.into_iter().map(|(_, t)| t).collect()
 }
 
-/// Sums `v` over the ranks (f64).
+/// Reduces `v` over the ranks (f64, on the group's device: NCCL needs CUDA tensors).
+fn reduce_f64(pg: &ProcessGroup, v: &[f64], op: ReduceOp) -> crate::Result<Vec<f64>> {
+    let t = Tensor::from_slice(v).to_kind(Kind::Double).to_device(pg.device());
+    pg.allreduce(&t, op)?;
+    Ok(Vec::<f64>::try_from(&t.to_device(tch::Device::Cpu))?)
+}
+
+/// Sums `v` over the ranks.
 fn sum_f64(pg: &ProcessGroup, v: &[f64]) -> crate::Result<Vec<f64>> {
-    let t = Tensor::from_slice(v).to_kind(Kind::Double);
-    pg.allreduce(&t, ReduceOp::Sum)?;
-    Ok(Vec::<f64>::try_from(&t)?)
+    reduce_f64(pg, v, ReduceOp::Sum)
 }
 
 impl Callback for DistributedTrainer {
@@ -157,8 +162,14 @@ impl Callback for DistributedTrainer {
 
     fn after_backward(&mut self, l: &mut Learner) -> crate::Result<()> {
         let t0 = Instant::now();
+        // Every trainable parameter, on every rank the same list (PyTorch DDP reduces the
+        // parameters that require grad): a frozen parameter may still hold a stale gradient
+        // on one rank (rank 0 ran lr_find before freezing), so "grad defined" would differ.
+        // A trainable parameter without a gradient this step contributes zeros.
         let grads: Vec<Tensor> = l.opt.groups.iter().flatten().rev()
-            .map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
+            .filter(|p| p.tensor.requires_grad())
+            .map(|p| { let g = p.tensor.grad(); if g.defined() { g } else { p.tensor.zeros_like() } })
+            .collect();
         average_gradients(self.pg, &grads, BUCKET_BYTES)?;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.steps += 1;
@@ -219,9 +230,7 @@ pub fn reduce_metrics(pg: &ProcessGroup, l: &mut Learner) -> crate::Result<()> {
         sums.push(m.sums().ok_or_else(|| anyhow::anyhow!("metric {} cannot be reduced across data-parallel ranks", m.name()))?);
     }
     let lens: Vec<f64> = sums.iter().map(|s| s.len() as f64).collect();
-    let t = Tensor::from_slice(&lens).to_kind(Kind::Double);
-    pg.allreduce(&t, ReduceOp::Max)?;
-    let lens: Vec<usize> = Vec::<f64>::try_from(&t)?.into_iter().map(|x| x as usize).collect();
+    let lens: Vec<usize> = reduce_f64(pg, &lens, ReduceOp::Max)?.into_iter().map(|x| x as usize).collect();
     let mut flat = Vec::new();
     for (s, &n) in sums.iter().zip(&lens) {
         flat.extend(s.iter().copied());
