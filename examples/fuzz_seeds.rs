@@ -49,7 +49,10 @@ fn main() -> kestrel::Result<()> {
             presize: 40, size: 32, resize_method: "crop".into(), pad_mode: "reflection".into(),
             mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], augment: None,
         },
-        training: Some(TrainingSummary { epochs: 1, metrics: [("error_rate".to_string(), 0.25)].into(), date: "2026-12-01T00:00:00Z".into() }),
+        training: Some(TrainingSummary { epochs: 1, metrics: [("error_rate".to_string(), 0.25)].into(), date: "2026-12-01T00:00:00Z".into(),
+                                         precision: Some("fp32".into()) }),
+        output: Default::default(),
+        calibration: None,
     };
     export(&dir("model_file")?.join("model.safetensors"), &model, &card)?;
 

@@ -25,9 +25,9 @@ pub const JEMALLOC_CONF: &str = "dirty_decay_ms:-1,muzzy_decay_ms:-1";
 
 #[cfg(feature = "jemalloc")]
 mod imp {
-    /// Rust's own allocations go to jemalloc too (one allocator in the process).
-    #[global_allocator]
-    static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+    // No `#[global_allocator]`: Rust's `System` allocator calls `malloc`, which is
+    // jemalloc's here, so there is one allocator in the process, and a binary (a test's
+    // allocation counter) may still declare its own global allocator.
 
     /// [`super::JEMALLOC_CONF`] as the NUL-terminated C string jemalloc reads at its first
     /// allocation, before `main`.
