@@ -18,6 +18,7 @@ fn images_per_s(paths: &[std::path::PathBuf], workers: usize) -> f64 {
         device: tch::Device::Cpu,
         train: true,
         skip_bad: false,
+        weights: None,
     };
     let dl = ImageDataLoader::new(paths.to_vec(), vec![0; paths.len()], Some(ItemTfm::resize(460)), None, cfg).expect("loader");
     let t = Instant::now();

@@ -45,6 +45,8 @@ fn main() -> kestrel::Result<()> {
             augment: Some(kestrel::transforms::aug_transforms().with_min_scale(0.75)),
         },
         training: None,
+        output: Default::default(),
+        calibration: None,
     };
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("lite0.safetensors");

@@ -17,7 +17,7 @@ fn main() {
     let paths = get_image_files(&pets.join("images"), true).expect("images").files;
     let tfms = Arc::new(vision_batch_tfms(Arch::EfficientNetLite0, 224, 0.75).expect("batch tfms"));
     let cfg = LoaderConfig { bs: 32, shuffle: true, drop_last: true, seed: 42, workers: 2, prefetch: 2,
-                             device: tch::Device::Cpu, train: true, skip_bad: false };
+                             device: tch::Device::Cpu, train: true, skip_bad: false, weights: None };
     let dl = ImageDataLoader::new(paths.clone(), vec![0; paths.len()], Some(ItemTfm::resize(460)), Some(tfms), cfg).expect("loader");
     for b in dl.batches(99).take(2) { b.expect("warm-up batch"); } // file cache, allocator
     let t = Instant::now();

@@ -45,4 +45,33 @@ torch_dir=$("$venv/bin/python" -c 'import importlib.util as u; print(u.find_spec
 if [ "$(readlink "$root/.libtorch" 2>/dev/null)" != "$torch_dir" ]; then
   ln -sfn "$torch_dir" "$root/.libtorch"
 fi
+
+# The c10d shim (kestrel::distributed, build.rs) includes ProcessGroupGloo.hpp, which needs
+# gloo's headers; the wheel does not ship them. Debian's libgloo-dev does (headers only:
+# the gloo code that runs is libtorch_cpu's, its libgloo.so is never linked).
+if [ ! -f /usr/include/gloo/config.h ] && [ -z "${KESTREL_GLOO_INCLUDE:-}" ]; then
+  echo "kestrel setup: installing gloo's headers (Debian libgloo-dev) for the c10d shim"
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq libgloo-dev >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libgloo-dev >/dev/null; } ||
+      echo "kestrel setup: could not install libgloo-dev; install it (apt-get install libgloo-dev) or set KESTREL_GLOO_INCLUDE" >&2
+  else
+    echo "kestrel setup: gloo headers missing: run \`sudo apt-get install libgloo-dev\` or set KESTREL_GLOO_INCLUDE" >&2
+  fi
+fi
+# The NCCL process group (CUDA builds of libtorch only) needs the CUDA runtime's crt/ and
+# CCCL headers beside the wheel's cuda_runtime.h: NVIDIA's header-only wheels of the same
+# CUDA version. Without them kestrel builds without NCCL (Gloo still works).
+cuda_inc="$torch_dir/../nvidia/cu13/include"
+if [ -f "$torch_dir/lib/libtorch_cuda.so" ] && [ -f "$cuda_inc/cuda_runtime.h" ] &&
+   { [ ! -f "$cuda_inc/crt/host_config.h" ] || [ ! -f "$cuda_inc/nv/target" ]; }; then
+  cuda_ver=$("$venv/bin/python" -m pip show nvidia-cuda-runtime 2>/dev/null | sed -n 's/^Version: \([0-9]*\.[0-9]*\).*/\1/p')
+  if [ -n "$cuda_ver" ]; then
+    echo "kestrel setup: installing the CUDA $cuda_ver crt/CCCL headers for the NCCL process group"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+      "nvidia-cuda-crt==$cuda_ver.*" "nvidia-cuda-cccl==$cuda_ver.*" ||
+      echo "kestrel setup: could not install the CUDA headers; kestrel builds without NCCL" >&2
+  fi
+fi
 echo "kestrel setup: libtorch $TORCH_VERSION at $torch_dir"

@@ -18,6 +18,7 @@
 pub mod callbacks;
 pub mod cli;
 pub mod data;
+pub mod distributed;
 pub mod export;
 pub mod interpret;
 pub mod learner;

@@ -4,6 +4,10 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
         .init();
+    // A file-size limit (`ulimit -f`, RLIMIT_FSIZE) then makes the write fail with an error
+    // that kestrel reports, keeping the previous file, instead of killing the process.
+    // SAFETY: setting a signal's disposition to SIG_IGN at start-up, before any thread.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if let Err(e) = kestrel::cli::main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -73,6 +73,8 @@ fn onnx_matches_kestrel_on_the_pet_photos() {
             augment: tfms.aug().cloned(),
         },
         training: None,
+        output: Default::default(),
+        calibration: None,
     };
     let tmp = tempfile::tempdir().unwrap();
     let (st, onnx_path) = (tmp.path().join("model.safetensors"), tmp.path().join("model.onnx"));

@@ -303,3 +303,35 @@ fn pets_folder_and_fastai_record() {
     };
     assert_eq!(fastai_check(PETS_URL), Some(want));
 }
+
+#[test]
+fn untar_refuses_links_leaving_the_folder_and_bombs() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("links.tgz");
+    for (target, kind) in [("/etc/passwd", tar::EntryType::Symlink), ("../../outside", tar::EntryType::Symlink), ("../x", tar::EntryType::Link)] {
+        let mut t = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        t.append_link(&mut h, "pets/evil", target).unwrap();
+        std::fs::write(&archive, t.into_inner().unwrap().finish().unwrap()).unwrap();
+        let err = format!("{:#}", extract_tgz(&archive, &dir.path().join("data")).unwrap_err());
+        assert!(err.contains("refusing") && err.contains("pets/evil"), "{target}: {err}");
+    }
+    // 100,000 empty files: 51 MB of tar headers from a ~100 kB archive, bounded to 10 MB.
+    let mut t = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best()));
+    for i in 0..100_000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        t.append_data(&mut h, format!("b/{i}"), &[][..]).unwrap();
+    }
+    let bomb = t.into_inner().unwrap().finish().unwrap();
+    std::fs::write(&archive, &bomb).unwrap();
+    let data = dir.path().join("bomb");
+    let err = format!("{:#}", kestrel::util::untar::extract_tgz_limited(&archive, &data, 10 << 20).unwrap_err());
+    assert!(err.contains("refusing to extract more than 10485760 bytes"), "{err}");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "the partial extraction is removed");
+    assert_eq!(kestrel::util::untar::max_extracted_bytes(800 << 20), 25600 << 20);
+}

@@ -55,19 +55,35 @@ fn kestrel(args: &[&str], env: &[(&str, &str)]) -> Output {
     o
 }
 
+/// `fine-tune` on the shapes: 29 training images, bs 8 → 3 batches per epoch, 1 frozen +
+/// 1 unfrozen epoch, fixed lr (no sweep), precision pinned to fp32.
 fn fine_tune_args<'a>(images: &'a str, out: &'a str) -> Vec<&'a str> {
     vec!["fine-tune", "--folder", images, "--label-re", r"^(.+)_\d+\.png$", "--arch", "resnet18", "--no-pretrained",
          "--presize", "40", "--size", "32", "--bs", "8", "--workers", "2", "--epochs", "1", "--freeze-epochs", "1",
-         "--lr-find-iters", "20", "--seed", "7", "--out", out]
+         "--precision", "fp32", "--seed", "7", "--out", out]
+}
+
+/// [`fine_tune_args`] with `--bs` set to `bs`, plus `extra`.
+fn with_bs<'a>(mut args: Vec<&'a str>, bs: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let i = args.iter().position(|a| *a == "--bs").unwrap();
+    args[i + 1] = bs;
+    args.extend_from_slice(extra);
+    args
 }
 
 #[test]
 fn fine_tune_writes_every_output_and_report_inlines_images() {
     let (tmp, images) = shapes_tmp(12);
     let out = tmp.path().join("run");
-    let o = kestrel(&fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), &[]);
+    // bs 4: 7 batches per epoch, so the sweep asked for by --lr-find (capped at the 14
+    // training batches it precedes) is long enough for suggestions.
+    let args = with_bs(fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), "4", &["--lr-find"]);
+    let o = kestrel(&args, &[]);
     assert!(o.status.success());
     let stdout = String::from_utf8_lossy(&o.stdout);
+    let sweep: usize = stdout.lines().find_map(|l| l.strip_prefix("lr_find: ")).and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok()).expect("the sweep's length is printed");
+    assert!((8..=14).contains(&sweep), "the sweep ({sweep} batches) is capped at the training's 2 × 7 batches");
     assert!(stdout.contains("epoch") && stdout.contains("error_rate"), "fastai's table is printed");
     assert!(stdout.contains("report: "), "says where the report is");
     for f in ["model.safetensors", "lr_find.png", "loss.png", "show_batch.png", "metrics.csv", "report.html", "confusion_matrix.png", "top_losses.png"] {
@@ -82,7 +98,7 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
     let rows: Vec<&str> = csv.lines().filter(|l| !l.starts_with("epoch")).collect();
     assert_eq!(rows.len(), 2, "one frozen + one unfrozen epoch: {csv}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5, "show_batch, lr_find, loss, confusion matrix and top losses inlined");
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 6, "show_batch, lr_find, loss, confusion matrix, top losses and the reliability diagram inlined");
     assert!(html.contains("Most confused") && html.contains("Classification report"));
     assert!(!html.contains("src=\"http") && !html.contains("src=\"file"), "no external image");
     for s in ["resnet18", "Training (frozen body)", "Training (unfrozen)", "final error_rate"] {
@@ -95,6 +111,75 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&p.stdout).lines().next().unwrap()).unwrap();
     assert!(line["label"].is_string() && line["top"].as_array().is_some_and(|t| !t.is_empty()), "{line}");
+    let meta = kestrel::export::read_model_meta(&model).unwrap();
+    assert_eq!(meta.card.training.unwrap().precision.as_deref(), Some("fp32"), "the model file records the precision");
+
+    // The book's second sweep: from the trained model, unfrozen.
+    let png = tmp.path().join("second.png");
+    let o = kestrel(&["lr-find", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$", "--presize", "40",
+                      "--size", "32", "--bs", "4", "--workers", "2", "--precision", "fp32", "--num-it", "12",
+                      "--from", model.to_str().unwrap(), "--unfreeze", "--out", png.to_str().unwrap()], &[]);
+    assert!(o.status.success());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("trained resnet18 (unfrozen)"), "{stdout}");
+    for s in ["valley", "minimum/10", "steep", "slide", "one order of magnitude below the minimum",
+              "the last point where the loss clearly decreases"] {
+        assert!(stdout.contains(s), "lr-find prints {s}");
+    }
+    let valley: f64 = stdout.lines().find_map(|l| l.trim().strip_prefix("valley")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(valley > 1e-7 && valley < 10.0, "valley {valley} inside the sweep");
+    let img = image::open(&png).unwrap();
+    assert!(img.width() >= 64 && img.height() >= 64, "the plot is a real picture");
+    // Data with other classes than the model's is refused, naming both.
+    let (_tmp2, other) = shapes_tmp(4);
+    std::fs::rename(other.join("red_0.png"), other.join("purple_0.png")).unwrap();
+    let o = kestrel(&["lr-find", "--folder", other.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$", "--presize", "40",
+                      "--size", "32", "--bs", "4", "--num-it", "12", "--from", model.to_str().unwrap(), "--out", png.to_str().unwrap()], &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the model's 3 classes") && err.contains("data's 4 classes"), "{err}");
+}
+
+/// The recipe options in one run (label smoothing, MixUp, EMA, TTA, wd, lr_mult and a time
+/// budget): the model file carries the fitted temperature, the report shows the ECE and the
+/// reliability diagram, summary.json has the numbers, and `predict --min-prob` answers
+/// `unknown` exactly when no class reaches the probability.
+#[test]
+fn fine_tune_recipe_options_calibrate_and_predict_unknown() {
+    let (tmp, images) = shapes_tmp(12);
+    let out = tmp.path().join("run");
+    let mut args = fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--label-smoothing", "--mixup", "--ema", "--tta", "--wd", "0.05", "--lr-mult", "10", "--time", "4s"]);
+    let o = kestrel(&args, &[]);
+    assert!(o.status.success());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let t = summary["calibration"]["temperature"].as_f64().unwrap();
+    assert!(t > 0.0 && summary["error_rate_tta"].as_f64().is_some_and(|e| (0.0..=1.0).contains(&e)), "{summary}");
+    assert!(summary["unfrozen_epochs"].as_u64().unwrap() >= 1);
+    let meta = kestrel::export::read_model_meta(&out.join("model.safetensors")).unwrap();
+    assert_eq!(meta.card.calibration.as_ref().map(|c| c.temperature), Some(t), "the model file carries the temperature");
+    assert!(out.join("reliability.png").is_file());
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for s in ["ECE (15 bins)", "Reliability diagram", "LabelSmoothingCrossEntropyFlat(eps=0.1)", "MixUp / CutMix alpha", "time budget", "with TTA"] {
+        assert!(html.contains(s), "report shows {s}");
+    }
+    let model = out.join("model.safetensors");
+    for p in ["0", "0.9"] {
+        let r = kestrel(&["predict", model.to_str().unwrap(), images.to_str().unwrap(), "--json", "--device", "cpu", "--min-prob", p], &[]);
+        assert!(r.status.success());
+        let p: f64 = p.parse().unwrap();
+        for line in String::from_utf8_lossy(&r.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let top = v["top"][0]["prob"].as_f64().unwrap();
+            // probabilities are printed rounded to 4 decimals
+            if (top - p).abs() > 1e-4 {
+                assert_eq!(v["label"] == "unknown", top < p, "{line}");
+                assert_eq!(v["index"].is_null(), top < p, "{line}");
+            }
+        }
+    }
+    let bad = kestrel(&["predict", model.to_str().unwrap(), images.to_str().unwrap(), "--min-prob", "1.5"], &[]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--min-prob 1.5"));
 }
 
 #[test]
@@ -124,7 +209,7 @@ fn show_batch_with_augmentation_draws_the_grid() {
     let (tmp, images) = shapes_tmp(6);
     let out = tmp.path().join("unique.png");
     let o = kestrel(&["data", "show-batch", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
-                      "--presize", "40", "--bs", "4", "--out", out.to_str().unwrap(), "--unique", "--aug-size", "32",
+                      "--presize", "40", "--bs", "4", "--out", out.to_str().unwrap(), "--unique", "--size", "32",
                       "--nrows", "2", "--ncols", "2"], &[]);
     assert!(o.status.success());
     let img = image::open(&out).unwrap();
@@ -150,6 +235,26 @@ fn seeded_fine_tune_repeats_exactly() {
         .collect();
     assert_eq!(runs[0].iter().filter(|l| !l.starts_with("epoch")).count(), 2, "two epochs: {:?}", runs[0]);
     assert_eq!(runs[0], runs[1], "same seed, same losses and metrics to the last digit");
+}
+
+#[test]
+fn fixed_lr_runs_no_sweep() {
+    let (tmp, images) = shapes_tmp(12);
+    let out = tmp.path().join("run");
+    let o = kestrel(&with_bs(fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), "8", &["--lr", "2e-3"]), &[]);
+    assert!(o.status.success());
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!stdout.contains("lr_find") && !stderr.contains("lr_find"), "no sweep is run or mentioned");
+    assert!(!out.join("lr_find.png").exists(), "no lr_find plot without a sweep");
+    // The training epochs are the only training batches: 2 epochs × 3 batches, measured per epoch.
+    let epochs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("epoch usage:")).collect();
+    assert_eq!(epochs.len(), 2, "{stdout}");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().filter(|l| !l.starts_with("epoch")).count(), 2, "{csv}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("not run (--lr given"), "the report says no sweep ran");
+    assert!(html.contains(">fp32<") || html.contains("fp32 /"), "the report records the precision");
+    assert!(stdout.contains("kernel") && stdout.contains("malloc: "), "CPU time and the allocator are reported: {stdout}");
 }
 
 /// A CSV dataset with one problem of each kind.

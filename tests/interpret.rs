@@ -92,7 +92,10 @@ fn card(vocab: &[&str]) -> ModelCard {
             epochs: 2,
             metrics: [("error_rate".to_string(), 0.25)].into(),
             date: export::utc_now_iso8601(),
+            precision: Some("bf16".into()),
         }),
+        output: Default::default(),
+        calibration: None,
     }
 }
 
@@ -594,4 +597,36 @@ fn tta_over_files_blends_augmented_and_plain() {
         // only check both are valid distributions that differ from the plain prediction.
         assert!((b.probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
+}
+
+/// A model file with a calibration temperature T: `Predictor` gives softmax(logits / T),
+/// i.e. the plain probabilities re-tempered; a non-positive T in a file is refused.
+#[test]
+fn predictor_applies_the_calibration_temperature() {
+    tch::set_num_threads(1);
+    register_tiny();
+    let dir = tmp();
+    let vocab = ["a", "b", "c"];
+    let photo = dir.path().join("p.png");
+    gradient(70, 50, 3).save(&photo).unwrap();
+    let plain_path = dir.path().join("plain.safetensors");
+    export::export(&plain_path, &Tiny::new(3, 11), &card(&vocab)).unwrap();
+    let cal = |t: f64| export::Calibration {
+        temperature: t, n_fitted: 10, ece_before: 0.2, ece_after: 0.05, nll_before: 1.0, nll_after: 0.8,
+        ece_after_crossfit: 0.06, nll_after_crossfit: 0.85,
+    };
+    let cal_path = dir.path().join("cal.safetensors");
+    export::export(&cal_path, &Tiny::new(3, 11), &ModelCard { calibration: Some(cal(2.5)), ..card(&vocab) }).unwrap();
+    assert_eq!(export::read_model_meta(&cal_path).unwrap().card.calibration, Some(cal(2.5)));
+    let p = Predictor::load(&plain_path, Device::Cpu).unwrap().predict_file(&photo).unwrap();
+    let q = Predictor::load(&cal_path, Device::Cpu).unwrap().predict_file(&photo).unwrap();
+    let want = interpret::calibration::apply_temperature(&interpret::calibration::logits_from_probs(&Tensor::from_slice(&p.probs).view([1, 3])), 2.5);
+    let want = Vec::<f32>::try_from(want.flatten(0, -1)).unwrap();
+    assert!(max_abs_diff(&q.probs, &want) < 1e-5, "{:?} vs {want:?}", q.probs);
+    assert_eq!(p.index, q.index, "temperature never changes the class");
+    assert!(q.probs[q.index] < p.probs[p.index], "T > 1 softens");
+    let bad = dir.path().join("bad.safetensors");
+    export::export(&bad, &Tiny::new(3, 11), &ModelCard { calibration: Some(cal(0.0)), ..card(&vocab) }).unwrap();
+    let err = Predictor::load(&bad, Device::Cpu).err().expect("T = 0 is refused").to_string();
+    assert!(err.contains("temperature"), "{err}");
 }

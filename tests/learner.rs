@@ -337,7 +337,7 @@ fn grad_scaler_skips_overflow_and_grows() {
     if !tch::Cuda::is_available() {
         let mut learn = learner(dls(16, 16, 8), 8);
         let e = learn.to_fp16().unwrap_err().to_string();
-        assert!(e.contains("needs a CUDA GPU") && e.contains("--bf16"), "{e}");
+        assert!(e.contains("needs a CUDA GPU") && e.contains("--precision bf16"), "{e}");
     }
 }
 

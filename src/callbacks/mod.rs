@@ -18,21 +18,27 @@
 
 mod csv_logger;
 mod early_stopping;
+mod ema;
 mod grad_accum;
 mod grad_clip;
 mod interrupt;
+mod mixup;
 mod progress;
 mod recorder;
+mod resource_usage;
 mod save_model;
 mod terminate_nan;
 
 pub use csv_logger::CSVLogger;
 pub use early_stopping::EarlyStoppingCallback;
+pub use ema::EmaCallback;
 pub use grad_accum::GradientAccumulation;
 pub use grad_clip::GradientClip;
-pub use interrupt::{INTERRUPT_AFTER_ENV, InterruptCallback};
+pub use interrupt::{GRACE, INTERRUPT_AFTER_ENV, InterruptCallback, SavingGuard, install_handler, interrupt_requested, set_resume_hint};
+pub use mixup::{MixHandler, MixKind, cutmix_inputs, mix_loss, mixup_inputs, rand_bbox, sample_beta};
 pub use progress::{ProgressCallback, format_time};
 pub use recorder::Recorder;
+pub use resource_usage::{EpochUsage, ResourceUsageCallback};
 pub use save_model::{SaveCheckpoint, SaveModelCallback};
 pub use terminate_nan::TerminateOnNaNCallback;
 

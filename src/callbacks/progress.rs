@@ -31,7 +31,8 @@ pub fn format_time(secs: f64) -> String {
 }
 
 fn row(cells: &[String]) -> String {
-    cells.iter().map(|c| format!("{c:<12}")).collect::<Vec<_>>().join("").trim_end().to_string()
+    // 12 columns per cell as fastai's table; a longer name (accuracy_multi) keeps one space.
+    cells.iter().map(|c| format!("{c:<11} ")).collect::<Vec<_>>().join("").trim_end().to_string()
 }
 
 impl Callback for ProgressCallback {
@@ -50,7 +51,7 @@ impl Callback for ProgressCallback {
     }
     fn before_epoch(&mut self, l: &mut Learner) -> crate::Result<()> {
         self.start = Some(Instant::now());
-        if let Some(b) = &self.epoch_bar { b.set_position(l.epoch as u64); }
+        if let Some(b) = &self.epoch_bar { b.set_length(l.n_epoch as u64); b.set_position(l.epoch as u64); }
         Ok(())
     }
     fn before_train(&mut self, l: &mut Learner) -> crate::Result<()> { self.new_batch_bar(l, "train"); Ok(()) }

@@ -47,19 +47,31 @@ impl Callback for SaveModelCallback {
 }
 
 /// Writes a resumable checkpoint `model_dir/<name>.pth` every `every_n_batches` training
-/// batches (if set) and at the end of every epoch, with the position in the schedule;
-/// [`Learner::load_checkpoint`] then continues the interrupted fit at that batch.
+/// batches (if set) and at the end of every `every_n_epochs`-th epoch of each phase, with
+/// the position in the schedule; [`Learner::load_checkpoint`] then continues the
+/// interrupted fit at that batch. Each write is atomic, so a `kill -9` (or a full disk)
+/// during a write leaves the previous checkpoint whole: at most the work since it is lost.
 #[derive(Debug, Clone)]
 pub struct SaveCheckpoint {
     /// File name without extension.
     pub name: String,
-    /// Also save after every this many training batches.
+    /// Also save after every this many training batches (counted within a phase).
     pub every_n_batches: Option<usize>,
+    /// Save after every this many epochs (1: every epoch; `usize::MAX`: only with
+    /// `every_n_batches`).
+    pub every_n_epochs: usize,
 }
 
 impl SaveCheckpoint {
     /// Checkpoints to `name`, at epoch ends and every `every_n_batches` batches.
-    pub fn new(name: &str, every_n_batches: Option<usize>) -> Self { SaveCheckpoint { name: name.into(), every_n_batches } }
+    pub fn new(name: &str, every_n_batches: Option<usize>) -> Self {
+        SaveCheckpoint { name: name.into(), every_n_batches, every_n_epochs: 1 }
+    }
+
+    /// Checkpoints to `name` after every `n` epochs only (`--checkpoint-every Ne`).
+    pub fn every_epochs(name: &str, n: usize) -> Self {
+        SaveCheckpoint { name: name.into(), every_n_batches: None, every_n_epochs: n.max(1) }
+    }
 }
 
 impl Callback for SaveCheckpoint {
@@ -67,12 +79,16 @@ impl Callback for SaveCheckpoint {
     fn order(&self) -> i32 { 70 }
     fn after_batch(&mut self, l: &mut Learner) -> crate::Result<()> {
         if let Some(n) = self.every_n_batches && l.training && n > 0 && l.train_iter % n == 0 {
+            let _guard = super::SavingGuard::new();
             l.save(&self.name, Some(l.position_after_batch()))?;
         }
         Ok(())
     }
     fn after_epoch(&mut self, l: &mut Learner) -> crate::Result<()> {
-        l.save(&self.name, Some(l.position_after_epoch()))?;
+        if (l.epoch + 1) % self.every_n_epochs == 0 {
+            let _guard = super::SavingGuard::new();
+            l.save(&self.name, Some(l.position_after_epoch()))?;
+        }
         Ok(())
     }
 }

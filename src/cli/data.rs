@@ -2,8 +2,10 @@
 
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::data::summary::summary;
+use crate::data::layout::{FolderLayout, detect_layout};
 use crate::data::{DataBlock, ItemTfm, Labeller, PETS_PATTERN, Source, Splitter};
-use crate::transforms::{BatchTfms, Normalize, aug_transforms};
+use super::aug::AugOpts;
+use crate::transforms::{BatchTfms, Normalize};
 use crate::util::device::parse_device;
 use crate::util::threads::default_workers;
 use anyhow::bail;
@@ -31,7 +33,9 @@ pub struct DataOpts {
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
     /// Where labels come from: name-re (regex on the file name), parent (folder name),
-    /// csv (a column of --csv). Default: csv when --csv is given, else name-re.
+    /// csv (a column of --csv). Default: csv when --csv is given; the class folder when
+    /// --folder is laid out in class folders (`DIR/<class>/…` or
+    /// `DIR/train/<class>/…` + `DIR/valid/<class>/…`); else name-re.
     #[arg(long, value_enum, value_name = "HOW")]
     pub label_from: Option<LabelFrom>,
     /// Regular expression applied to the file name; its first group is the label
@@ -47,10 +51,30 @@ pub struct DataOpts {
     /// CSV column holding the labels.
     #[arg(long, value_name = "COL", default_value = "label")]
     pub label_col: String,
+    /// Multi-label data: the --label-col cells hold several labels separated by this one
+    /// character (fastai `ColReader(label_col, label_delim=' ')` → `MultiCategoryBlock`):
+    /// one-hot targets, `BCEWithLogitsLossFlat`, `accuracy_multi` and F1 (samples).
+    #[arg(long, value_name = "CHAR", value_parser = parse_delim)]
+    pub label_delim: Option<char>,
     /// CSV column of booleans: true puts the row in the validation set (fastai
     /// `ColSplitter`). Without it the split is random (--valid-pct, --seed).
     #[arg(long, value_name = "COL")]
     pub valid_col: Option<String>,
+    /// Name of the training folder of a `DIR/train/<class>/…` + `DIR/valid/<class>/…`
+    /// layout (fastai `from_folder(train='train')`); that layout is recognised without it.
+    #[arg(long, value_name = "NAME")]
+    pub train: Option<String>,
+    /// Name of the validation folder beside the training folder (default: `valid`, else `val`).
+    #[arg(long, value_name = "NAME")]
+    pub valid: Option<String>,
+    /// Name of the test folder beside the training folder: kept out of training and
+    /// validation; `kestrel interpret --on-test` and `kestrel predict` read it.
+    #[arg(long, value_name = "NAME", default_value = "test")]
+    pub test: String,
+    /// Text file listing the validation images, one per line, as names or paths relative
+    /// to the dataset folder (fastai `FileSplitter`); the other items train.
+    #[arg(long, value_name = "FILE", conflicts_with = "valid_col")]
+    pub valid_list: Option<PathBuf>,
     /// Fraction of the items held out for validation by `RandomSplitter`.
     #[arg(long, value_name = "PCT", default_value_t = 0.2)]
     pub valid_pct: f64,
@@ -75,32 +99,97 @@ pub struct DataOpts {
     /// Leave out files that cannot be decoded, with a warning for each, instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Class-balanced training batches: draw training items with weights inversely
+    /// proportional to their class's frequency (fastai `weighted_dataloaders`), with
+    /// replacement, the same number per epoch. For imbalanced folders (check-data warns
+    /// above a 10× ratio).
+    #[arg(long)]
+    pub balance: bool,
 }
 
 impl DataOpts {
+    /// How `--folder` is organised (without --csv): train/valid folders, class folders,
+    /// or flat. `None` with --csv.
+    ///
+    /// Errors: as [`detect_layout`] (a missing --train/--valid folder, an empty class
+    /// folder, a class only in the validation or test folder), naming the folder.
+    pub fn layout(&self) -> crate::Result<Option<FolderLayout>> {
+        match (&self.csv, &self.folder) {
+            (None, Some(f)) => {
+                let root = std::env::current_dir()?.join(f);
+                let split = self.train.is_some() || self.valid.is_some() || root.join("train").is_dir();
+                if self.label_from.is_some() && !split {
+                    // Labels from the names or parents as asked: no class folders to check.
+                    return Ok(Some(FolderLayout::Flat { root }));
+                }
+                Ok(Some(detect_layout(&root, self.train.as_deref(), self.valid.as_deref(), Some(&self.test))?))
+            }
+            (Some(_), _) if self.train.is_some() || self.valid.is_some() => {
+                bail!("--train/--valid name folders of --folder DIR; with --csv use --valid-col or --valid-list")
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The labelled photos of the test folder of a `train/ valid/ test/` layout (paths and
+    /// labels, sorted by path), for `interpret --on-test`.
+    ///
+    /// Errors: --folder is not laid out with a test folder (says what it is); a photo
+    /// outside a class folder; a layout problem.
+    pub fn test_set(&self) -> crate::Result<(Vec<PathBuf>, Vec<String>)> {
+        let Some(FolderLayout::Split { root, test: Some(test), .. }) = self.layout()? else {
+            bail!("--on-test needs --folder DIR with train/, valid/ (or val/) and {}/ class folders", self.test);
+        };
+        let items = Source::Subfolders { root: root.clone(), names: vec![test] };
+        let block = DataBlock::new(items, Labeller::ClassFolder { root, depth: 1 });
+        let items = block.items()?;
+        let labels = block.labeller.label_all(&items)?;
+        Ok((items.paths, labels))
+    }
+
     /// The `DataBlock` these options describe (no batch transforms; callers add theirs).
     ///
     /// Errors: neither --folder nor --csv, --label-from csv without --csv, an invalid
-    /// regex, an unknown device.
+    /// regex, an unknown device, a folder layout problem ([`Self::layout`]).
     pub fn to_datablock(&self) -> crate::Result<DataBlock> {
         let cwd = std::env::current_dir()?;
         let folder = self.folder.as_ref().map(|f| cwd.join(f));
-        let source = match (&self.csv, &folder) {
-            (Some(csv), _) => Source::Csv { file: cwd.join(csv), fn_col: self.fn_col.clone(), pref: folder.clone(), suffix: String::new() },
-            (None, Some(f)) => Source::Folder { path: f.clone(), recurse: true },
-            (None, None) => bail!("say where the images are: --folder DIR, or --csv FILE"),
+        let layout = self.layout()?;
+        let source = match (&self.csv, &folder, &layout) {
+            (Some(csv), _, _) => Source::Csv { file: cwd.join(csv), fn_col: self.fn_col.clone(), pref: folder.clone(), suffix: String::new() },
+            (None, _, Some(FolderLayout::Split { root, train, valid, .. })) => {
+                Source::Subfolders { root: root.clone(), names: vec![train.clone(), valid.clone()] }
+            }
+            (None, Some(f), _) => Source::Folder { path: f.clone(), recurse: true },
+            (None, None, _) => bail!("say where the images are: --folder DIR, or --csv FILE"),
         };
-        let from = self.label_from.unwrap_or(if self.csv.is_some() { LabelFrom::Csv } else { LabelFrom::NameRe });
-        let labeller = match from {
-            LabelFrom::NameRe => Labeller::name_regex(&self.label_re)?,
-            LabelFrom::Parent => Labeller::Parent,
-            LabelFrom::Csv if self.csv.is_none() => bail!("--label-from csv needs --csv FILE"),
-            LabelFrom::Csv => Labeller::Col { col: self.label_col.clone(), label_delim: None },
+        let class_folder = match &layout {
+            Some(FolderLayout::Split { root, .. }) => Some(Labeller::ClassFolder { root: root.clone(), depth: 1 }),
+            Some(FolderLayout::Classes { root, .. }) => Some(Labeller::ClassFolder { root: root.clone(), depth: 0 }),
+            _ => None,
         };
-        let splitter = match &self.valid_col {
-            Some(c) if self.csv.is_some() => Splitter::Col(c.clone()),
-            Some(_) => bail!("--valid-col needs --csv FILE"),
-            None => Splitter::Random { valid_pct: self.valid_pct, seed: self.seed },
+        let from = self.label_from.or(self.csv.is_some().then_some(LabelFrom::Csv));
+        let labeller = match (from, class_folder) {
+            (Some(LabelFrom::NameRe), _) | (None, None) => Labeller::name_regex(&self.label_re)?,
+            (Some(LabelFrom::Parent), _) => Labeller::Parent,
+            (None, Some(l)) => l,
+            (Some(LabelFrom::Csv), _) if self.csv.is_none() => bail!("--label-from csv needs --csv FILE"),
+            (Some(LabelFrom::Csv), _) => Labeller::Col { col: self.label_col.clone(), label_delim: self.label_delim },
+        };
+        if self.label_delim.is_some() && !matches!(labeller, Labeller::Col { .. }) {
+            bail!("--label-delim splits the cells of --csv's label column: it needs --csv FILE (labels from the CSV)");
+        }
+        let splitter = match (&self.valid_col, &self.valid_list, &layout) {
+            (Some(_), _, _) if self.csv.is_none() => bail!("--valid-col needs --csv FILE"),
+            (Some(c), _, _) => Splitter::Col(c.clone()),
+            (None, Some(_), Some(FolderLayout::Split { train, valid, .. })) => {
+                bail!("--valid-list: the folder is already split into {train}/ and {valid}/; give one or the other")
+            }
+            (None, Some(list), _) => Splitter::File(cwd.join(list)),
+            (None, None, Some(FolderLayout::Split { root, train, valid, .. })) => {
+                Splitter::TopFolder { root: root.clone(), train_name: train.clone(), valid_name: valid.clone() }
+            }
+            (None, None, _) => Splitter::Random { valid_pct: self.valid_pct, seed: self.seed },
         };
         Ok(DataBlock::new(source, labeller)
             .splitter(splitter)
@@ -109,7 +198,18 @@ impl DataOpts {
             .seed(self.seed)
             .workers(self.workers.unwrap_or_else(default_workers))
             .device(parse_device(&self.device)?)
-            .skip_bad(self.skip_bad))
+            .skip_bad(self.skip_bad)
+            .label_delim(self.label_delim)
+            .balance(self.balance))
+    }
+}
+
+/// `--label-delim`: exactly one character (`' '`, `;`, `|`, …).
+fn parse_delim(s: &str) -> Result<char, String> {
+    let mut c = s.chars();
+    match (c.next(), c.next()) {
+        (Some(d), None) => Ok(d),
+        _ => Err(format!("expected one character such as ' ' or ';', got '{s}'")),
     }
 }
 
@@ -126,9 +226,23 @@ pub struct DataArgs {
 pub enum DataCommand {
     /// Every step of the pipeline on one item, then the batch shapes (fastai
     /// `DataBlock.summary`); stops at the first failing step and says why.
-    Summary(DataOpts),
+    Summary(SummaryArgs),
     /// Draw a batch as a PNG grid with each label under its image (fastai `show_batch`).
     ShowBatch(ShowBatchArgs),
+}
+
+/// Arguments of `kestrel data summary`.
+#[derive(Args, Debug)]
+pub struct SummaryArgs {
+    /// The data to summarise.
+    #[command(flatten)]
+    pub data: DataOpts,
+    /// The batch augmentation the batches go through (as `fine-tune` trains with it).
+    #[command(flatten)]
+    pub aug: AugOpts,
+    /// Leave out the batch transforms: the batch is shown as presized `u8`.
+    #[arg(long)]
+    pub no_aug: bool,
 }
 
 /// Arguments of `kestrel data show-batch`.
@@ -137,6 +251,14 @@ pub struct ShowBatchArgs {
     /// The data to show.
     #[command(flatten)]
     pub data: DataOpts,
+    /// fastai's batch augmentation, `aug_transforms(...)` as `fine-tune` trains with it
+    /// (flips, rotation, zoom, warp, lighting, random-resized crop) with ImageNet
+    /// normalisation: the same options and defaults as `fine-tune`.
+    #[command(flatten)]
+    pub aug: AugOpts,
+    /// Show the items as presized, without the batch augmentation.
+    #[arg(long)]
+    pub no_aug: bool,
     /// PNG file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -150,17 +272,20 @@ pub struct ShowBatchArgs {
     /// (fastai `show_batch(unique=True)`).
     #[arg(long)]
     pub unique: bool,
-    /// Show a validation batch instead of a training batch.
+    /// Show a validation batch instead of a training batch (fastai `dls.valid.show_batch()`).
     #[arg(long)]
-    pub valid: bool,
-    /// Also apply fastai's batch augmentation, `aug_transforms(size=SIZE,
-    /// min_scale=--min-scale)` as `fine-tune` trains with it (flips, rotation, zoom, warp,
-    /// lighting, random-resized crop), in pixels. Without it the items are shown as presized.
-    #[arg(long, value_name = "SIZE")]
-    pub aug_size: Option<i64>,
-    /// `min_scale` of the augmentation's random-resized crop (with --aug-size).
-    #[arg(long, default_value_t = 0.75, requires = "aug_size")]
-    pub min_scale: f64,
+    pub valid_batch: bool,
+}
+
+/// The ImageNet-normalised batch transforms of `aug` (what `data` shows; `fine-tune`
+/// uses the architecture's own statistics), or none with `no_aug`.
+fn batch_tfms(aug: &AugOpts, no_aug: bool) -> crate::Result<(Option<Arc<dyn crate::transforms::BatchTransform>>, Denorm)> {
+    if no_aug {
+        return Ok((None, Denorm::None));
+    }
+    let norm = Normalize::imagenet();
+    let t = BatchTfms::new(Some(aug.to_aug()?), aug.size, norm)?;
+    Ok((Some(Arc::new(t)), Denorm::Stats { mean: norm.mean, std: norm.std }))
 }
 
 /// Runs `kestrel data`.
@@ -168,8 +293,9 @@ pub struct ShowBatchArgs {
 /// Errors: bad options, a failing summary step, an unreadable dataset or unwritable PNG.
 pub fn run(args: DataArgs) -> crate::Result<()> {
     match args.command {
-        DataCommand::Summary(opts) => {
-            let s = summary(&opts.to_datablock()?);
+        DataCommand::Summary(a) => {
+            let (tfms, _) = batch_tfms(&a.aug, a.no_aug)?;
+            let s = summary(&a.data.to_datablock()?.batch_tfms(tfms));
             print!("{s}");
             if !s.ok {
                 bail!("the data pipeline failed (see the step above)");
@@ -177,16 +303,9 @@ pub fn run(args: DataArgs) -> crate::Result<()> {
             Ok(())
         }
         DataCommand::ShowBatch(a) => {
-            let mut block = a.data.to_datablock()?;
-            let mut denorm = Denorm::None;
-            if let Some(size) = a.aug_size {
-                let norm = Normalize::imagenet();
-                let aug = aug_transforms().with_size(size).with_min_scale(a.min_scale);
-                block = block.batch_tfms(Some(Arc::new(BatchTfms::new(Some(aug), size, norm)?)));
-                denorm = Denorm::Stats { mean: norm.mean, std: norm.std };
-            }
-            let dls = block.image_dataloaders()?;
-            let dl = if a.valid { &dls.valid } else { &dls.train };
+            let (tfms, denorm) = batch_tfms(&a.aug, a.no_aug)?;
+            let dls = a.data.to_datablock()?.batch_tfms(tfms).image_dataloaders()?;
+            let dl = if a.valid_batch { &dls.valid } else { &dls.train };
             show_loader_batch(dl, &dls.datasets.vocab, a.nrows, a.ncols, a.unique, denorm, &a.out)?;
             println!("wrote {}", a.out.display());
             Ok(())

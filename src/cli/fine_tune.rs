@@ -2,16 +2,24 @@
 //! presizing and `aug_transforms`, `vision_learner`, `lr_find`, `fine_tune` — writing
 //! the plots, the metrics, a checkpoint and `report.html` into `--out`.
 
+use super::aug::AugOpts;
 use super::data::DataOpts;
+use super::recipe::{self, RecipeOpts};
+use super::lr_find::print_suggestions;
+use super::model::{ModelOpts, PrecisionArg};
 use crate::report::run::{RunFiles, write_run_report};
-use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback};
-use crate::data::Datasets;
+use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback, SaveCheckpoint, interrupt_requested};
+use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
+use crate::data::ImageDataLoaders;
+use crate::data::layout::FolderLayout;
 use crate::data::show::{Denorm, show_loader_batch};
-use crate::learner::{FineTuneOptions, Learner, LrFindOptions, vision_batch_tfms, vision_learner};
+use crate::callbacks::{EpochUsage, ResourceUsageCallback};
+use crate::learner::{Learner, LrFindOptions, vision_aug_batch_tfms};
 use crate::models::Arch;
-use crate::export::{ArchSpec, InferenceTransforms, ModelCard, TrainingSummary, export, utc_now_iso8601};
-use crate::interpret::{ClassificationInterpretation, get_preds, plot_confusion_matrix, plot_top_losses};
-use crate::models::zoo::weights_file;
+use crate::export::{Activation, ArchSpec, InferenceTransforms, ModelCard, OutputSpec, TrainingSummary, export, utc_now_iso8601};
+use crate::interpret::{ClassificationInterpretation, MultiLabelReport, best_threshold, get_multi_preds, get_preds, plot_confusion_matrix, plot_top_losses};
+use crate::learner::BCEWithLogitsLossFlat;
+use crate::metrics::{F1ScoreMulti, accuracy_multi};
 use crate::report::Section;
 use anyhow::{Context, bail};
 use clap::Args;
@@ -30,25 +38,12 @@ pub struct FineTuneArgs {
     /// The data (the same options as `kestrel data`).
     #[command(flatten)]
     pub data: DataOpts,
-    /// Architecture: resnet18, resnet34, resnet50, resnet101, resnet152,
-    /// efficientnet_lite0 … efficientnet_lite4 (fastai `vision_learner(dls, arch)`).
-    #[arg(long, default_value = "efficientnet_lite0")]
-    pub arch: String,
-    /// Start from random weights instead of ImageNet-pretrained ones (fastai
-    /// `pretrained=False`).
-    #[arg(long)]
-    pub no_pretrained: bool,
-    /// Pretrained weight file to use instead of the downloaded/installed one.
-    #[arg(long, value_name = "FILE", conflicts_with = "no_pretrained")]
-    pub weights: Option<PathBuf>,
-    /// Side of the square training images after the batch transforms (fastai
-    /// `aug_transforms(size=...)`), pixels.
-    #[arg(long, default_value_t = 224)]
-    pub size: i64,
-    /// Smallest fraction of the image area the random-resized crop keeps (fastai
-    /// `aug_transforms(min_scale=...)`).
-    #[arg(long, default_value_t = 0.75)]
-    pub min_scale: f64,
+    /// The network (the same options as `kestrel lr-find`).
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// The batch augmentation (fastai `aug_transforms`; the same options as `kestrel data`).
+    #[command(flatten)]
+    pub aug: AugOpts,
     /// Epochs with the whole network trainable (fastai `fine_tune(epochs)`).
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
@@ -56,26 +51,28 @@ pub struct FineTuneArgs {
     /// `fine_tune(freeze_epochs=1)`).
     #[arg(long, default_value_t = 1)]
     pub freeze_epochs: usize,
-    /// Base learning rate of `fine_tune`, or `auto`: run `lr_find` and use its `valley`
-    /// suggestion. fastai's default base_lr is 2e-3.
+    /// Base learning rate of `fine_tune`, or `auto`: run an `lr_find` sweep first and use
+    /// its `valley` suggestion. fastai's default base_lr is 2e-3. With a number no sweep
+    /// runs (unless --lr-find).
     #[arg(long, default_value = "2e-3")]
     pub lr: String,
-    /// Batches of the `lr_find` sweep (fastai `num_it=100`); lr_find.png is drawn whenever the
-    /// sweep gives suggestions (at least 10 batches that do not diverge at once).
+    /// Also run the `lr_find` sweep before training with a fixed --lr, to draw
+    /// lr_find.png (`kestrel lr-find` draws it without training).
+    #[arg(long)]
+    pub lr_find: bool,
+    /// Batches of the `lr_find` sweep of `--lr auto`/`--lr-find` (fastai `num_it=100`),
+    /// capped at the number of training batches of the run: a sweep is never longer than
+    /// the training it precedes. Suggestions need at least 10 batches that do not diverge
+    /// at once.
     #[arg(long, default_value_t = 100)]
     pub lr_find_iters: usize,
-    /// Mixed precision with float16 and loss scaling (fastai `to_fp16`); needs a CUDA GPU.
-    #[arg(long, conflicts_with = "bf16")]
-    pub fp16: bool,
-    /// bfloat16 autocast of the forward pass, float32 weights (`Learner::to_bf16`): on
-    /// CPUs with AMX (and on GPUs) faster than float32 at about the same error rate.
-    #[arg(long)]
-    pub bf16: bool,
-    /// Channels-last memory layout of weights and batches (PyTorch
-    /// `memory_format=torch.channels_last`): the fastest layout for these convolutions on
-    /// the CPU (default true; `--channels-last false` for NCHW).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub channels_last: bool,
+    /// Multi-label data (`--label-delim`): the decision threshold on each label's sigmoid
+    /// for `accuracy_multi`, F1 and predictions (the book's 0.2; fastai's default 0.5), or
+    /// `auto`: train with 0.2, then choose the threshold maximising F1 (samples) on the
+    /// validation set and store it in the model file (the report says the scores were
+    /// tuned on that set).
+    #[arg(long, default_value = "0.2", value_name = "P|auto")]
+    pub thresh: String,
     /// Folder for the outputs (default `runs/<UTC date>-<time>`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -83,6 +80,45 @@ pub struct FineTuneArgs {
     /// options as the interrupted command; kestrel prints the exact command).
     #[arg(long, requires = "out")]
     pub resume: bool,
+    /// Data-parallel training over N processes or machines (torchrun's options).
+    #[command(flatten)]
+    pub dist: DistArgs,
+    /// Recipe options: label smoothing, MixUp, CutMix, EMA, TTA, time budget, wd, lr_mult, calibration.
+    #[command(flatten)]
+    pub recipe: RecipeOpts,
+    /// Also write `checkpoint.pth` periodically, so that a run killed without warning
+    /// (`kill -9`, the OOM killer, a power cut) loses at most that much work: `500b` every
+    /// 500 training batches (and at each epoch end), `1e` after every epoch. Each write is
+    /// atomic; `--resume` continues from the last one exactly. Default: only on Ctrl-C or
+    /// SIGTERM.
+    #[arg(long, value_name = "Nb|Ne", value_parser = parse_checkpoint_every)]
+    pub checkpoint_every: Option<CheckpointEvery>,
+}
+
+/// How often `--checkpoint-every` writes the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointEvery {
+    /// Every N training batches (counted within each phase of `fine_tune`) and at epoch ends.
+    Batches(usize),
+    /// After every N epochs of each phase.
+    Epochs(usize),
+}
+
+/// Parses `--checkpoint-every`: a positive number followed by `b`/`batches` or
+/// `e`/`epochs`, e.g. `500b`, `1e`.
+///
+/// Errors: no unit, an unknown unit, or not a positive number.
+pub fn parse_checkpoint_every(s: &str) -> Result<CheckpointEvery, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("{s}: expected a positive number with a unit, e.g. 500b or 1e"))?;
+    match unit.trim() {
+        "b" | "batch" | "batches" => Ok(CheckpointEvery::Batches(n)),
+        "e" | "epoch" | "epochs" => Ok(CheckpointEvery::Epochs(n)),
+        "" => Err(format!("{s}: say batches or epochs, e.g. {n}b or {n}e")),
+        u => Err(format!("{s}: unknown unit {u:?} (b = batches, e = epochs)")),
+    }
 }
 
 /// What a finished run produced.
@@ -96,28 +132,77 @@ pub struct FineTuneResult {
     pub fit_secs: f64,
     /// The base learning rate used.
     pub lr: f64,
+    /// Batches of the lr_find sweep before training (0: no sweep).
+    pub lr_find_batches: usize,
+    /// Resource usage of each training phase (frozen and unfrozen epochs), in order.
+    pub epoch_usage: Vec<EpochUsage>,
+    /// Multi-label runs: the outcome on the validation set at the model's threshold.
+    pub multi_label: Option<MultiLabelOutcome>,
+}
+
+/// How a multi-label run ends on the validation set.
+#[derive(Debug, Clone)]
+pub struct MultiLabelOutcome {
+    /// The threshold stored in the model file.
+    pub thresh: f64,
+    /// True when it was chosen on the validation set (`--thresh auto`).
+    pub tuned: bool,
+    /// F1 (samples) at `thresh`, in [0, 1].
+    pub f1_samples: f64,
+    /// accuracy_multi at `thresh`, in [0, 1].
+    pub accuracy_multi: f64,
 }
 
 /// Runs `kestrel fine-tune` and prints where the outputs are.
 ///
 /// Errors: as [`fine_tune`].
 pub fn run(args: FineTuneArgs) -> crate::Result<()> {
+    launch_if_asked(&args.dist, &args.data.device)?;
     let r = fine_tune(&args)?;
-    println!("error_rate {:.4}; outputs in {}", r.error_rate, r.out.display());
+    if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
+    print_usage(&r);
+    match &r.multi_label {
+        Some(m) => println!("f1_score (samples) {:.4}, accuracy_multi {:.4} at threshold {}{} (fine_tune {:.1} s); outputs in {}",
+                            m.f1_samples, m.accuracy_multi, m.thresh,
+                            if m.tuned { " (chosen on the validation set: these scores are optimistic)" } else { "" },
+                            r.fit_secs, r.out.display()),
+        None => println!("error_rate {:.4} (fine_tune {:.1} s); outputs in {}", r.error_rate, r.fit_secs, r.out.display()),
+    }
     println!("report: {}", r.out.join("report.html").display());
     Ok(())
 }
 
-/// The whole run: data, learner, lr_find (lr_find.png), `fine_tune` with the progress
+/// Prints the training epochs' CPU time, kernel share, page faults and peak RSS, and the
+/// allocator in use (the lines `scripts/bench/pets_vs_fastai.sh` reads).
+pub fn print_usage(r: &FineTuneResult) {
+    for e in &r.epoch_usage {
+        println!("epoch usage: phase {} epoch {}: {:.1} s wall, {}", e.phase, e.epoch, e.wall_s, e.usage);
+    }
+    let (u, s) = r.epoch_usage.iter().fold((0.0, 0.0), |(u, s), e| (u + e.usage.user_s, s + e.usage.system_s));
+    if u + s > 0.0 {
+        println!("training epochs: kernel {:.1}% of CPU time (user {u:.1} s, system {s:.1} s); peak RSS {:.2} GB; malloc: {}",
+                 100.0 * s / (u + s), crate::util::rusage::Usage::now().max_rss as f64 / 1e9, crate::util::alloc::malloc_in_use());
+    }
+}
+
+/// The whole run: data, learner, lr_find when asked (lr_find.png), `fine_tune` with the progress
 /// table, then loss.png, show_batch.png, metrics.csv, `model.safetensors`, the interpretation
 /// PNGs and report.html in `--out`.
-/// On Ctrl-C the current batch finishes, `checkpoint.pth` is written and the error says
-/// the command that resumes.
+/// On Ctrl-C or SIGTERM the current batch finishes, `checkpoint.pth` is written and the
+/// error says the command that resumes; in validation the checkpoint is the end of the
+/// epoch's training; during lr_find nothing is written (nothing was trained yet); after
+/// training the model file is written first. Whatever the phase, the process ends within
+/// 10 s of the signal ([`crate::callbacks::GRACE`]).
 ///
 /// Errors: bad options (an unknown arch, `--lr` neither `auto` nor a positive number);
 /// the data, weight and training errors; `--resume` without a checkpoint; an interrupt.
 pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
-    let arch: Arch = args.arch.parse()?;
+    let dist = DistRun::from_args(&args.dist, &args.data.device, args.data.bs)?;
+    let args = &args_for_rank(args, dist.as_ref());
+    let main = dist.as_ref().is_none_or(|d| d.is_main());
+    let arch: Arch = args.model.arch()?;
+    let thresh = parse_thresh(&args.thresh)?;
+    args.recipe.validate()?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
@@ -126,64 +211,170 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
     }
 
-    let tfms = vision_batch_tfms(arch, args.size, args.min_scale)?;
+    crate::callbacks::install_handler()?;
+    let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let norm = tfms.normalize().clone();
-    let dls = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
-    show_loader_batch(&dls.train, &dls.datasets.vocab, 3, 3, false,
-                      Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
+    let full = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
+    if main {
+        show_loader_batch(&full.train, &full.datasets.vocab, 3, 3, false,
+                          Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
+    }
+    let dls = match &dist { Some(d) => d.shard(&full)?, None => full.clone() };
 
-    let weights = if args.no_pretrained { None } else { Some(weights_file(arch.name(), args.weights.as_deref(), true)?) };
-    // fastai `set_seed(seed)`: the new head's initial weights come from torch's generator.
-    tch::manual_seed(args.data.seed as i64);
-    let mut learn = vision_learner(dls.dls(), arch, weights.as_deref())?.with_model_dir(&out).with_seed(args.data.seed);
-    if args.channels_last { learn.to_channels_last(); }
-    if args.fp16 { learn.to_fp16()?; }
-    if args.bf16 { learn.to_bf16()?; }
+    if dist.is_some() && args.recipe.time.is_some() {
+        bail!("--time is not supported with data-parallel training (every rank must run the same epochs): give --epochs");
+    }
+    let multi = dls.datasets.multi_labels.is_some();
+    if multi {
+        let r = &args.recipe;
+        if r.label_smoothing.is_some() || r.mixup.is_some() || r.cutmix.is_some() || r.tta {
+            bail!("--label-smoothing, --mixup, --cutmix and --tta are single-label options; this data is multi-label (--label-delim)");
+        }
+    }
+    let mut learn = args.model.learner(dls.dls(), rank_seed(args, dist.as_ref()), |learn| {
+        if multi {
+            // fastai's multi-label learner (book chapter 6): BCEWithLogitsLossFlat,
+            // accuracy_multi and F1ScoreMulti(average='samples') at the threshold.
+            let t = thresh.unwrap_or(DEFAULT_THRESH);
+            learn.loss_func = Box::new(BCEWithLogitsLossFlat { thresh: t });
+            learn.metrics = vec![accuracy_multi(t), Box::new(F1ScoreMulti::new(t))];
+        }
+        Ok(())
+    })?.with_model_dir(&out);
 
-    let lr = if args.resume {
-        fixed_lr.context("--resume needs the learning rate of the interrupted run as --lr VALUE")?
+    let sweep = !args.resume && (lr_auto || args.lr_find);
+    let (lr, lr_find_batches) = if args.resume {
+        (fixed_lr.context("--resume needs the learning rate of the interrupted run as --lr VALUE")?, 0)
+    } else if sweep {
+        match &dist {
+            Some(d) => {
+                let mut n = 0;
+                let lr = d.lr_from_rank0(|| find_lr(&mut learn, args, &out, fixed_lr).map(|(lr, k)| { n = k; lr }))?;
+                (lr, n)
+            }
+            None => find_lr(&mut learn, args, &out, fixed_lr)?,
+        }
     } else {
-        find_lr(&mut learn, args, &out, fixed_lr)?
+        (fixed_lr.context("a fixed --lr")?, 0)
     };
+    if interrupt_requested() {
+        bail!("interrupted before training (nothing to resume); run the same command again:\n  {}", plain_command());
+    }
+    crate::callbacks::set_resume_hint(learn.checkpoint_path(CHECKPOINT), resume_command(lr, &out));
+    let usage = ResourceUsageCallback::new();
+    let epoch_usage = usage.records();
     let csv = out.join("metrics.csv");
-    if !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
-    let mut learn = learn
-        .with_cb(Box::new(ProgressCallback::new()))
-        .with_cb(Box::new(CSVLogger::new(&csv, true)))
-        .with_cb(Box::new(InterruptCallback::on_ctrl_c(CHECKPOINT)?));
+    if main && !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
+    let learn = args.recipe.configure(learn);
+    let mut learn = if main {
+        learn.with_cb(Box::new(ProgressCallback::new())).with_cb(Box::new(CSVLogger::new(&csv, true))).with_cb(Box::new(usage))
+    } else {
+        learn.with_cb(Box::new(usage))
+    };
+    // Data-parallel: DistributedTrainer averages the gradients and stops every rank when
+    // any is interrupted (rank 0 writing the checkpoint), in place of InterruptCallback.
+    let mut ddp_stats = None;
+    let interrupt = InterruptCallback::on_ctrl_c(CHECKPOINT)?;
+    learn = match &dist {
+        Some(d) => {
+            let t = DistributedTrainer::new(d.pg, interrupt.flag.clone(), CHECKPOINT)?;
+            ddp_stats = Some(t.stats.clone());
+            learn.with_cb(Box::new(t))
+        }
+        None => learn.with_cb(Box::new(interrupt)),
+    };
+    // Periodic checkpoints: rank 0 writes them, as every output.
+    learn = match args.checkpoint_every.filter(|_| main) {
+        Some(CheckpointEvery::Batches(n)) => learn.with_cb(Box::new(SaveCheckpoint::new(CHECKPOINT, Some(n)))),
+        Some(CheckpointEvery::Epochs(n)) => learn.with_cb(Box::new(SaveCheckpoint::every_epochs(CHECKPOINT, n))),
+        None => learn,
+    };
     if args.resume {
         let p = learn.load_checkpoint(CHECKPOINT)?;
-        println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter);
+        learn.seed = Some(rank_seed(args, dist.as_ref()));
+        if main { println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter); }
     }
-    let opts = FineTuneOptions { freeze_epochs: args.freeze_epochs, ..FineTuneOptions::default() };
+    let opts = args.recipe.fine_tune_options(args.freeze_epochs);
     let t0 = Instant::now();
-    learn.fine_tune_with(args.epochs, lr, opts)?;
+    let epochs = args.recipe.fine_tune(&mut learn, args.epochs, lr, opts)?;
     let fit_secs = t0.elapsed().as_secs_f64();
     if learn.stop_reason.as_deref() == Some("interrupted") {
+        if !main { bail!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display()); }
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
     }
-    finish(&mut learn, args, arch, lr, fit_secs, &dls.datasets, &out)
+    if let Some(s) = ddp_stats.as_ref().map(|s| *s.lock().unwrap_or_else(|e| e.into_inner())) {
+        if main && s.steps > 0 {
+            println!("all-reduce of the gradients: {:.2} ms per step ({} steps)", 1e3 * s.allreduce_secs / s.steps as f64, s.steps);
+        }
+    }
+    if !main {
+        // Multi-label runs record no error_rate: NaN here, rank 0 reports the metrics.
+        let error_rate = last_error_rate(&learn).unwrap_or(f64::NAN);
+        return Ok(FineTuneResult { out, error_rate, fit_secs, lr, multi_label: None, lr_find_batches, epoch_usage: vec![] });
+    }
+    // Rank 0 interprets the whole validation set.
+    learn.dls = full.dls();
+    let mut r = finish(&mut learn, args, arch, lr, lr_find_batches, fit_secs, epochs, &full, &out, thresh)?;
+    r.epoch_usage = epoch_usage.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(r)
 }
 
-/// Runs `lr_find` (restoring the weights afterwards), draws lr_find.png, and returns the
-/// base learning rate: `fixed` when given, else the valley suggestion (printed).
-fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixed: Option<f64>) -> crate::Result<f64> {
-    let o = LrFindOptions { num_it: args.lr_find_iters, ..LrFindOptions::default() };
+/// The options this rank runs with: with NCCL, the device is `cuda:LOCAL_RANK`.
+fn args_for_rank(args: &FineTuneArgs, dist: Option<&DistRun>) -> FineTuneArgs {
+    let mut a = args.clone();
+    if let Some(d) = dist.filter(|d| d.pg.backend() == crate::distributed::Backend::Nccl) {
+        a.data.device = format!("cuda:{}", d.local_rank);
+    }
+    a
+}
+
+/// The learner's seed (dropout draws): each rank its own (rank 0 keeps `--seed`).
+fn rank_seed(args: &FineTuneArgs, dist: Option<&DistRun>) -> u64 {
+    mix_rank(args.data.seed, dist.map_or(0, |d| d.pg.rank()))
+}
+
+/// The error_rate of the last epoch in the recorder. Errors: no error_rate metric.
+fn last_error_rate(learn: &Learner) -> crate::Result<f64> {
+    let col = learn.metric_names().iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
+    Ok(learn.recorder.values.last().and_then(|r| r.get(col)).copied().unwrap_or(f64::NAN))
+}
+
+/// The book's multi-label threshold (chapter 6: `partial(accuracy_multi, thresh=0.2)`).
+pub const DEFAULT_THRESH: f64 = 0.2;
+
+/// `--thresh`: `auto` (None) or a probability in (0, 1).
+fn parse_thresh(s: &str) -> crate::Result<Option<f64>> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(Some(v)),
+        _ => bail!("--thresh {s}: expected `auto` or a probability between 0 and 1 such as 0.2"),
+    }
+}
+
+/// Runs the `lr_find` sweep (restoring the weights afterwards) for at most as many
+/// batches as the training will run, draws lr_find.png and prints the suggestions; returns
+/// the base learning rate — `fixed` when given, else the valley suggestion — and the
+/// number of sweep batches.
+fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixed: Option<f64>) -> crate::Result<(f64, usize)> {
+    let training = (args.freeze_epochs + args.epochs) * learn.dls.train.n_batches();
+    let o = LrFindOptions { num_it: args.lr_find_iters.min(training), ..LrFindOptions::default() };
     let found = learn.lr_find(o);
     let r = match (found, fixed) {
         (Ok(r), _) => r,
         // With a fixed lr the sweep is only informative: a too-short sweep is not fatal.
-        (Err(e), Some(lr)) => { eprintln!("lr_find: {e:#} (continuing with --lr {lr:e})"); return Ok(lr); }
+        (Err(e), Some(lr)) => { eprintln!("lr_find: {e:#} (continuing with --lr {lr:e})"); return Ok((lr, learn.recorder.losses.len())); }
         (Err(e), None) => return Err(e.context("--lr auto needs a learning-rate sweep; give --lr VALUE instead")),
     };
     r.plot(&out.join("lr_find.png"))?;
+    print_suggestions(&r, o.num_it);
     Ok(match fixed {
-        Some(lr) => lr,
+        Some(lr) => (lr, r.lrs.len()),
         None => {
-            println!("lr_find: valley {:.2e} (minimum/10 {:.2e}, steep {:.2e}); using {:.2e}",
-                     r.valley.lr, r.minimum.lr, r.steep.lr, r.valley.lr);
-            r.valley.lr
+            println!("lr_find: using the valley suggestion {:.2e} as base_lr", r.valley.lr);
+            (r.valley.lr, r.lrs.len())
         }
     })
 }
@@ -191,40 +382,105 @@ fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixe
 /// After training: the exported model (`model.safetensors`), loss.png, the interpretation
 /// of the validation set (confusion_matrix.png, top_losses.png, most_confused, the
 /// classification report) and report.html.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     learn: &mut Learner,
     args: &FineTuneArgs,
     arch: Arch,
     lr: f64,
+    lr_find_batches: usize,
     fit_secs: f64,
-    ds: &Datasets,
+    epochs: usize,
+    dls: &ImageDataLoaders,
     out: &std::path::Path,
+    thresh: Option<f64>,
 ) -> crate::Result<FineTuneResult> {
+    let ds = &dls.datasets;
     let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
-    learn.recorder.plot_loss(&out.join("loss.png"))?;
     let names = learn.metric_names();
-    let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
-    let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
-    export_model(learn, args, arch, metrics, &out.join(MODEL_FILE))?;
-    let extra = interpret_valid(learn, &valid_items, out)?;
-    let settings = settings(args, arch, lr, learn, ds.train.len());
+    let mut settings = settings(args, arch, lr, lr_find_batches, learn, ds.train.len());
+    settings.extend(args.recipe.settings(epochs));
+    // The model file's outputs: the multi-label threshold, or the calibration temperature.
+    let (error_rate, output, multi_label, mut extra, ev) = if ds.multi_labels.is_some() {
+        let (m, output, extra) = interpret_valid_multi(learn, ds.valid.len(), thresh)?;
+        settings.push(("final f1_score (samples) / accuracy_multi".into(), format!("{:.4} / {:.4}", m.f1_samples, m.accuracy_multi)));
+        settings.push(("threshold".into(), output.thresh_source.clone().unwrap_or_default()));
+        (f64::NAN, output, Some(m), extra, None)
+    } else {
+        let col = names.iter().position(|n| n == "error_rate").context("the learner records no error_rate")?;
+        let error_rate = last.get(col).copied().unwrap_or(f64::NAN);
+        (error_rate, OutputSpec::default(), None, Vec::new(), Some(recipe::evaluate(&args.recipe, learn, dls, out)?))
+    };
+    // The trained model first: a signal after training still leaves it on disk.
+    let calibration = ev.as_ref().and_then(|e| e.calibration.clone());
+    export_model(learn, args, arch, metrics, epochs, output, calibration, &out.join(MODEL_FILE))?;
+    stop_if_interrupted(learn, lr, out)?;
+    learn.recorder.plot_loss(&out.join("loss.png"))?;
+    stop_if_interrupted(learn, lr, out)?;
+    if let Some(ev) = &ev {
+        extra.extend(interpret_valid(learn, &valid_items, out)?);
+        extra.extend(ev.sections.iter().cloned());
+        recipe::write_summary(out, error_rate, fit_secs, epochs, ev)?;
+        stop_if_interrupted(learn, lr, out)?;
+    }
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
-    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr })
+    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr, multi_label, lr_find_batches, epoch_usage: vec![] })
+}
+
+/// The multi-label ending: sigmoid predictions on the validation set, the threshold
+/// (`--thresh P`, or with `auto` the one maximising F1 (samples) there), the per-label
+/// precision / recall / support table for the report.
+fn interpret_valid_multi(learn: &Learner, n_valid: usize, thresh: Option<f64>) -> crate::Result<(MultiLabelOutcome, OutputSpec, Vec<Section>)> {
+    let p = get_multi_preds(learn.model.as_ref(), learn.dls.valid.as_ref())?;
+    let (t, source) = match thresh {
+        Some(t) => (t, format!("--thresh {t}")),
+        None => {
+            let (t, _) = best_threshold(&p.probs, &p.targets);
+            (t, format!("--thresh auto: {t} maximises F1 (samples) on the validation set ({n_valid} photos); \
+                         the scores at it are tuned on that set, so optimistic"))
+        }
+    };
+    let r = MultiLabelReport::new(&p.probs, &p.targets, learn.dls.vocab.items(), t)?;
+    println!("{r}");
+    let m = MultiLabelOutcome { thresh: t, tuned: thresh.is_none(), f1_samples: r.f1_samples, accuracy_multi: r.accuracy_multi };
+    let output = OutputSpec { activation: Activation::Sigmoid, thresh: Some(t), thresh_source: Some(source.clone()) };
+    let extra = vec![Section::Table {
+        title: format!("Per-label precision and recall on the validation set ({}; threshold from {source})", r.summary()),
+        header: MultiLabelReport::header(),
+        rows: r.rows(),
+    }];
+    Ok((m, output, extra))
+}
+
+/// After training, on SIGINT/SIGTERM: writes the checkpoint of the finished training (the
+/// resumed run only redoes the outputs) and returns the error with the resume command.
+fn stop_if_interrupted(learn: &Learner, lr: f64, out: &std::path::Path) -> crate::Result<()> {
+    if !interrupt_requested() {
+        return Ok(());
+    }
+    let _guard = crate::callbacks::SavingGuard::new();
+    let ckpt = learn.save(CHECKPOINT, Some(learn.position_after_epoch()))?;
+    bail!("interrupted after training: the model is saved in {}, the plots and report.html are not written; \
+           checkpoint written to {}\nresume with:\n  {}", out.join(MODEL_FILE).display(), ckpt.display(), resume_command(lr, out));
 }
 
 /// Writes the self-contained model file (weights + architecture, vocabulary, inference
 /// transforms and a training summary) that `kestrel predict` and `Predictor::load` read.
+#[allow(clippy::too_many_arguments)]
 fn export_model(
     learn: &Learner,
     args: &FineTuneArgs,
     arch: Arch,
     metrics: std::collections::BTreeMap<String, f64>,
+    epochs: usize,
+    output: OutputSpec,
+    calibration: Option<crate::export::Calibration>,
     path: &std::path::Path,
 ) -> crate::Result<()> {
-    let norm = vision_batch_tfms(arch, args.size, args.min_scale)?;
+    let norm = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let n = norm.normalize();
     let aug = norm.aug().cloned();
     let card = ModelCard {
@@ -232,14 +488,17 @@ fn export_model(
         vocab: learn.dls.vocab.items().to_vec(),
         transforms: InferenceTransforms {
             presize: args.data.presize,
-            size: args.size as u32,
+            size: args.aug.size as u32,
             resize_method: "crop".into(),
             pad_mode: "reflection".into(),
             mean: n.mean,
             std: n.std,
             augment: aug,
         },
-        training: Some(TrainingSummary { epochs: args.freeze_epochs + args.epochs, metrics, date: utc_now_iso8601() }),
+        training: Some(TrainingSummary { epochs: args.freeze_epochs + epochs, metrics, date: utc_now_iso8601(),
+                                         precision: Some(learn.precision.name().to_string()) }),
+        output,
+        calibration,
     };
     export(path, learn.model.as_ref(), &card)
 }
@@ -259,30 +518,57 @@ fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Pa
             header: vec!["actual".into(), "predicted".into(), "count".into()],
             rows,
         },
-        Section::Text { title: "Classification report".into(), body: interp.classification_report().to_string() },
+        Section::Text { title: "Classification report (per-class precision, recall and support)".into(), body: interp.classification_report().to_string() },
+        Section::Table {
+            title: "Top losses (files with the same name in different folders keep their folder)".into(),
+            header: ["file", "actual", "predicted", "loss", "probability"].map(String::from).to_vec(),
+            rows: interp.top_losses_rows(9),
+        },
     ])
 }
 
-fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, learn: &Learner, n_train: usize) -> Vec<(String, String)> {
+fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, learn: &Learner, n_train: usize) -> Vec<(String, String)> {
     let d = &args.data;
     let data = match (&d.csv, &d.folder) {
         (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
-        (None, Some(f)) => format!("{} (labels: {}, RandomSplitter({}))", f.display(), d.label_re, d.valid_pct),
+        (None, Some(f)) => {
+            let layout = d.layout().ok().flatten();
+            let labels = match (&layout, d.label_from) {
+                (Some(FolderLayout::Split { .. } | FolderLayout::Classes { .. }), None) => "class folders".to_string(),
+                _ => format!("labels: {}", d.label_re),
+            };
+            let split = match (&d.valid_list, &layout) {
+                (Some(v), _) => format!("FileSplitter({})", v.display()),
+                (None, Some(l @ FolderLayout::Split { .. })) => l.describe(),
+                _ => format!("RandomSplitter({})", d.valid_pct),
+            };
+            format!("{} ({labels}, {split})", f.display())
+        }
         (None, None) => String::new(),
     };
-    let precision = if args.fp16 { "fp16" } else if args.bf16 { "bf16 autocast" } else { "fp32" };
+    let precision = match (args.model.precision, learn.precision) {
+        (PrecisionArg::Auto, p) => format!("{p} (--precision auto on {})", if crate::learner::fp16::cpu_has_native_bf16() { "a CPU with native bf16" } else { "this machine" }),
+        (_, p) => p.to_string(),
+    };
+    let lr_find = if lr_find_batches > 0 { format!("{lr_find_batches} batches (lr_find.png)") } else { "not run (--lr given; --lr-find draws lr_find.png)".into() };
     [
         ("data", data),
         ("classes", learn.dls.vocab.len().to_string()),
         ("train / valid images", format!("{n_train} / {} ({} trained on per epoch: {} batches of {}, the last \
             incomplete batch dropped as fastai does)", learn.dls.valid.n_items(), learn.dls.train.n_items(),
             learn.dls.train.n_batches(), args.data.bs)),
-        ("arch", format!("{arch}{}", if args.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
-        ("presize / size / min_scale", format!("{} / {} / {}", d.presize, args.size, args.min_scale)),
-        ("bs", d.bs.to_string()),
+        ("arch", format!("{arch}{}", if args.model.no_pretrained { " (random init)" } else { " (ImageNet pretrained)" })),
+        ("presize", d.presize.to_string()),
+        ("augmentation (aug_transforms)", args.aug.describe()),
+        ("bs", match crate::distributed::group() {
+            Some(g) => format!("{} per process × {} processes ({}) = global batch {}", d.bs, g.world(), g.backend().name(), d.bs * g.world()),
+            None => d.bs.to_string(),
+        }),
+        ("sampling", if d.balance { "class-balanced (--balance: weights 1/class count, with replacement)".into() } else { "each training photo once per epoch, shuffled".into() }),
         ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
-        ("precision / layout", format!("{precision} / {}", if args.channels_last { "channels-last" } else { "NCHW" })),
+        ("lr_find", lr_find),
+        ("precision / layout", format!("{precision} / {}", if args.model.channels_last { "channels-last" } else { "NCHW" })),
         ("seed", d.seed.to_string()),
         ("device", crate::util::device::device_name(learn.dls.train.device())),
         ("kestrel", env!("CARGO_PKG_VERSION").to_string()),
@@ -295,6 +581,13 @@ fn parse_lr(s: &str) -> crate::Result<f64> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => bail!("--lr {s}: expected `auto` or a positive number such as 2e-3"),
     }
+}
+
+/// The command line of this process, quoted for a shell, with `kestrel` as its program.
+fn plain_command() -> String {
+    let mut cmd: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
+    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
+    cmd.join(" ")
 }
 
 /// The command line of this process with `--resume`, `--out` and the lr actually used.

@@ -1,14 +1,18 @@
 //! The `kestrel` command line: one file per subcommand, each with an `Args` struct
 //! (clap derive) and a `run` function.
 
+pub mod aug;
 pub mod check_data;
 pub mod data;
 pub mod export;
 pub mod fine_tune;
 pub mod interpret;
+pub mod lr_find;
+pub mod model;
 pub mod pets;
 pub mod predict;
 pub mod predict_model;
+pub mod recipe;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +24,15 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Refuse image files that declare more pixels (width × height) than this, before
+    /// decoding them; 0 for no limit. The default is PIL's `DecompressionBombError`
+    /// threshold, which admits 100-megapixel photos.
+    #[arg(long, global = true, value_name = "N", default_value_t = crate::data::decode::DEFAULT_MAX_PIXELS)]
+    pub max_image_pixels: u64,
+    /// Refuse image files that would decode to more than this many bytes per byte of file
+    /// (checked above 8 MiB decoded: a decompression bomb); 0 for no limit.
+    #[arg(long, global = true, value_name = "RATIO", default_value_t = crate::data::decode::DEFAULT_MAX_RATIO)]
+    pub max_image_ratio: u64,
 }
 
 /// The subcommands.
@@ -33,6 +46,10 @@ pub enum Command {
     /// Fine-tune a pretrained network on your images (fastai `vision_learner` +
     /// `fine_tune`), writing plots, metrics, the model and report.html.
     FineTune(fine_tune::FineTuneArgs),
+    /// The learning-rate finder (fastai `learn.lr_find()`): sweeps the lr on the same data
+    /// and model as fine-tune, prints the valley, minimum/10, steep and slide suggestions
+    /// and draws the plot; `--from MODEL --unfreeze` is the second sweep after training the head.
+    LrFind(lr_find::LrFindArgs),
     /// The fastai book's pet-breeds run (chapter 5) with its recipe.
     Pets(pets::PetsArgs),
     /// Predict with a trained model, or with a pretrained ImageNet network (`--imagenet`).
@@ -48,10 +65,15 @@ pub enum Command {
 /// Errors: whatever the subcommand returns; `main` prints it with its causes.
 pub fn main() -> crate::Result<()> {
     let cli = Cli::parse();
+    crate::data::decode::set_limits(crate::data::decode::ImageLimits {
+        max_pixels: cli.max_image_pixels,
+        max_ratio: cli.max_image_ratio,
+    });
     match cli.command {
         Command::Data(a) => data::run(a),
         Command::CheckData(a) => check_data::run(a),
         Command::FineTune(a) => fine_tune::run(a),
+        Command::LrFind(a) => lr_find::run(a),
         Command::Pets(a) => pets::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Interpret(a) => interpret::run(a),

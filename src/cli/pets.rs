@@ -2,10 +2,11 @@
 //! EfficientNet-Lite0 (ImageNet weights), presize 460, size 224, min_scale 0.75, bs 32,
 //! `fine_tune(4)` at base_lr 2e-3.
 
-use super::fine_tune::{FineTuneArgs, fine_tune};
+use super::fine_tune::{FineTuneArgs, fine_tune, print_usage};
+use super::model::PrecisionArg;
 use crate::util::untar::pets_dir;
 use anyhow::Context;
-use clap::{Args, Parser};
+use clap::{Args, Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `kestrel pets`.
@@ -28,15 +29,18 @@ pub struct PetsArgs {
     /// Frozen epochs of `fine_tune` (the book: 1).
     #[arg(long, default_value_t = 1)]
     pub freeze_epochs: usize,
-    /// bfloat16 autocast (see `kestrel fine-tune --help`).
-    #[arg(long)]
-    pub bf16: bool,
+    /// Numeric precision: auto, fp32, bf16, fp16 (see `kestrel fine-tune --help`).
+    #[arg(long, value_enum, default_value = "auto", value_name = "P")]
+    pub precision: PrecisionArg,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Continue an interrupted run from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Data-parallel training (see `kestrel fine-tune --help`).
+    #[command(flatten)]
+    pub dist: crate::distributed::DistArgs,
 }
 
 #[derive(Parser)]
@@ -69,18 +73,18 @@ pub fn pets_recipe(dir: &Path, a: &PetsArgs) -> crate::Result<FineTuneArgs> {
     for (k, v) in [
         ("--arch", "efficientnet_lite0".to_string()), ("--presize", "460".into()), ("--size", "224".into()),
         ("--min-scale", "0.75".into()), ("--bs", "32".into()), ("--lr", "2e-3".into()),
-        // lr_find.png only (the recipe's lr is fixed): a 30-batch sweep instead of 100
-        // keeps it shorter than the training itself on the 370-photo sample.
-        ("--lr-find-iters", "30".into()),
+        // The recipe's lr is fixed: no lr_find sweep (`kestrel lr-find` draws the plot).
+        ("--precision", a.precision.to_possible_value().map_or("auto".into(), |v| v.get_name().to_string())),
         ("--epochs", a.epochs.to_string()), ("--freeze-epochs", a.freeze_epochs.to_string()),
         ("--seed", a.seed.to_string()), ("--device", a.device.clone()), ("--out", a.out.display().to_string()),
     ] {
         argv.push(k.into());
         argv.push(v);
     }
-    if a.bf16 { argv.push("--bf16".into()); }
     if a.resume { argv.push("--resume".into()); }
-    Ok(Wrap::try_parse_from(argv).context("the pets recipe's options")?.args)
+    let mut args = Wrap::try_parse_from(argv).context("the pets recipe's options")?.args;
+    args.dist = a.dist.clone();
+    Ok(args)
 }
 
 /// Runs `kestrel pets`: finds (or downloads) the photos, runs the recipe, prints the
@@ -90,8 +94,13 @@ pub fn pets_recipe(dir: &Path, a: &PetsArgs) -> crate::Result<FineTuneArgs> {
 pub fn run(a: PetsArgs) -> crate::Result<()> {
     let dir = pets_dir(a.data.as_deref(), true)?;
     let args = pets_recipe(&dir, &a)?;
-    println!("pets: {} → {}", dir.display(), a.out.display());
+    crate::distributed::launch_if_asked(&args.dist, &args.data.device)?;
+    if std::env::var("RANK").map_or(true, |r| r.trim() == "0") {
+        println!("pets: {} → {}", dir.display(), a.out.display());
+    }
     let r = fine_tune(&args)?;
+    if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
+    print_usage(&r);
     println!("final error_rate {:.4} (fine_tune {:.0} s)", r.error_rate, r.fit_secs);
     println!("report: {}", r.out.join("report.html").display());
     Ok(())

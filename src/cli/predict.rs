@@ -45,6 +45,11 @@ pub struct PredictArgs {
     /// the mean of 4 augmented predictions blended with the plain one.
     #[arg(long)]
     pub tta: bool,
+    /// With a model file: answer `unknown` when no class reaches this probability (the
+    /// model file's calibrated probabilities; 0 turns it off). The photo's top classes are
+    /// still listed.
+    #[arg(long, value_name = "P", default_value_t = super::predict_model::DEFAULT_MIN_PROB)]
+    pub min_prob: f64,
     /// With a model file: photos per forward pass.
     #[arg(long, default_value_t = 64)]
     pub bs: usize,
@@ -79,6 +84,7 @@ pub fn run(args: PredictArgs) -> crate::Result<()> {
         device: parse_device(&args.device)?,
         bs: args.bs,
         workers: args.workers.unwrap_or_else(crate::util::threads::default_workers),
+        min_prob: args.min_prob,
     };
     super::predict_model::run(model, inputs, &opts)
 }

@@ -16,7 +16,8 @@ pub struct PredictModelOptions {
     pub csv: Option<PathBuf>,
     /// Print one JSON object per photo per line instead of text (`--json`), as `predict
     /// --imagenet --json`: `{"file", "label", "index", "top": [{"label", "index", "prob"}]}`
-    /// (probabilities to 4 decimals);
+    /// (probabilities to 4 decimals), and for a multi-label model `"labels"`: every label
+    /// above the threshold (`[]` and `"label": "none"` when there is none);
     /// an unreadable photo gives `{"file", "error"}`.
     pub json: bool,
     /// Test-time augmentation (`--tta`, fastai `Learner.tta(n=4, beta=0.25)`).
@@ -27,7 +28,19 @@ pub struct PredictModelOptions {
     pub bs: usize,
     /// Decoding threads (`--workers`).
     pub workers: usize,
+    /// Answer [`UNKNOWN`] when the highest probability is below this (`--min-prob`, in
+    /// [0, 1]; default [`DEFAULT_MIN_PROB`]; 0 never answers unknown).
+    pub min_prob: f64,
 }
+
+/// The answer of `predict --min-prob P` when no class reaches probability P.
+pub const UNKNOWN: &str = "unknown";
+
+/// Default of `predict --min-prob`: below this highest (calibrated) probability the answer
+/// is [`UNKNOWN`]. Provisional: `scripts/bench/recipe_cv.sh` prints, for P from 0.3 to 0.8,
+/// the share of out-of-distribution photos (Caltech-101) a pets model answers unknown
+/// against the share of its own validation photos (and of its right answers) it loses.
+pub const DEFAULT_MIN_PROB: f64 = 0.5;
 
 impl Default for PredictModelOptions {
     fn default() -> Self {
@@ -39,6 +52,7 @@ impl Default for PredictModelOptions {
             device: Device::Cpu,
             bs: 64,
             workers: crate::util::threads::default_workers(),
+            min_prob: DEFAULT_MIN_PROB,
         }
     }
 }
@@ -48,9 +62,15 @@ impl Default for PredictModelOptions {
 /// read is reported (stderr in text mode, an `error` line in JSON mode) and the others
 /// are still predicted.
 ///
-/// Errors: the model cannot be loaded; no photos; the CSV cannot be written; and, after
+/// A photo whose highest probability is below `opts.min_prob` is answered [`UNKNOWN`]
+/// (label `unknown`, index empty in the CSV and `null` in JSON; `top` still lists the classes).
+///
+/// Errors: `min_prob` outside [0, 1]; the model cannot be loaded; no photos; the CSV cannot be written; and, after
 /// printing everything, "N of M photos could not be predicted" when some failed.
 pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crate::Result<()> {
+    if !(0.0..=1.0).contains(&opts.min_prob) {
+        bail!("--min-prob {}: expected a probability in [0, 1]", opts.min_prob);
+    }
     let predictor = Predictor::load(model, opts.device)?;
     let paths = expand_image_paths(inputs)?;
     if paths.is_empty() {
@@ -72,14 +92,27 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
         match r {
             Ok(p) => {
                 let top = p.top(opts.topk.max(1));
+                let known = is_known(p, opts.min_prob);
+                let label = if known { p.label.as_str() } else { UNKNOWN };
                 if opts.json {
-                    writeln!(out, "{}", json_line(path, p, &top, vocab))?;
+                    writeln!(out, "{}", json_line(path, p, known, &top, vocab))?;
+                } else if let Some(labels) = &p.labels {
+                    // Multi-label: every label above the threshold with its probability, or
+                    // none, said explicitly with the threshold.
+                    let shown: Vec<String> = labels.iter().map(|&i| format!("{} {:.4}", vocab[i], p.probs[i])).collect();
+                    let shown = if shown.is_empty() {
+                        format!("no label above {}", predictor.thresh().unwrap_or(0.5))
+                    } else {
+                        shown.join(", ")
+                    };
+                    writeln!(out, "{}\t{}\t{}", path.display(), p.label, shown)?;
                 } else {
                     let shown: Vec<String> = top.iter().map(|&(i, pr)| format!("{} {pr:.4}", vocab[i])).collect();
-                    writeln!(out, "{}\t{}\t{}", path.display(), p.label, shown.join(", "))?;
+                    writeln!(out, "{}\t{}\t{}", path.display(), label, shown.join(", "))?;
                 }
                 let top_s: Vec<String> = top.iter().map(|&(i, pr)| format!("{}:{pr:.6}", vocab[i])).collect();
-                csv.write_record([path.display().to_string(), p.label.clone(), p.index.to_string(),
+                let index = if known { p.index.to_string() } else { String::new() };
+                csv.write_record([path.display().to_string(), label.to_string(), index,
                                   format!("{:.6}", p.probs[p.index]), top_s.join(" ")])?;
             }
             Err(e) => {
@@ -102,9 +135,20 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
     Ok(())
 }
 
-fn json_line(path: &Path, p: &Prediction, top: &[(usize, f32)], vocab: &[String]) -> serde_json::Value {
+/// True when the prediction's highest probability reaches `min_prob`. A multi-label
+/// prediction is always known: its threshold already decides (an empty label set is "none").
+pub fn is_known(p: &Prediction, min_prob: f64) -> bool {
+    p.labels.is_some() || p.probs[p.index] as f64 >= min_prob
+}
+
+fn json_line(path: &Path, p: &Prediction, known: bool, top: &[(usize, f32)], vocab: &[String]) -> serde_json::Value {
     let top: Vec<serde_json::Value> =
         top.iter().map(|&(i, pr)| serde_json::json!({"label": vocab[i], "index": i, "prob": (pr as f64 * 1e4).round() / 1e4})).collect();
-    serde_json::json!({"file": path.display().to_string(), "label": p.label, "index": p.index, "top": top})
+    let (label, index) = if known { (p.label.as_str(), serde_json::json!(p.index)) } else { (UNKNOWN, serde_json::Value::Null) };
+    let mut j = serde_json::json!({"file": path.display().to_string(), "label": label, "index": index, "top": top});
+    if let Some(labels) = &p.labels {
+        j["labels"] = labels.iter().map(|&i| serde_json::json!({"label": vocab[i], "index": i, "prob": (p.probs[i] as f64 * 1e4).round() / 1e4})).collect();
+    }
+    j
 }
 

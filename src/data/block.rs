@@ -25,6 +25,14 @@ pub enum Source {
         /// Also search subfolders.
         recurse: bool,
     },
+    /// `get_image_files` of some subfolders of one folder (e.g. `train/` and `valid/`
+    /// but not `test/`), listed together, sorted.
+    Subfolders {
+        /// The dataset folder.
+        root: PathBuf,
+        /// The subfolders of `root` whose images are items.
+        names: Vec<String>,
+    },
     /// One item per row of a CSV file (fastai `ColReader(fn_col, pref, suffix)`).
     Csv {
         /// The CSV file.
@@ -68,6 +76,10 @@ pub struct DataBlock {
     pub skip_bad: bool,
     /// Delimiter of multi-label cells (kept on [`Datasets::multi_labels`]).
     pub label_delim: Option<char>,
+    /// Draw training items with weights inversely proportional to their class's
+    /// frequency (fastai `weighted_dataloaders(wgts=1/class_count)`), so every class is
+    /// seen about equally often per epoch.
+    pub balance: bool,
 }
 
 impl std::fmt::Debug for DataBlock {
@@ -140,7 +152,21 @@ impl DataBlock {
             device: Device::Cpu,
             skip_bad: false,
             label_delim: None,
+            balance: false,
         }
+    }
+
+    /// Sets the delimiter of multi-label cells: `Some(' ')` makes a multi-label block
+    /// (fastai `MultiCategoryBlock` with `ColReader(label_delim=' ')`).
+    pub fn label_delim(mut self, d: Option<char>) -> Self {
+        self.label_delim = d;
+        self
+    }
+
+    /// Sets `balance` (class-balanced sampling of the training items).
+    pub fn balance(mut self, v: bool) -> Self {
+        self.balance = v;
+        self
     }
 
     /// Sets the splitter.
@@ -195,6 +221,17 @@ impl DataBlock {
     pub fn items(&self) -> crate::Result<Items> {
         match &self.source {
             Source::Folder { path, recurse } => Items::from_folder(path, *recurse),
+            Source::Subfolders { root, names } => {
+                let mut items = Items { paths: Vec::new(), table: None, n_ignored: 0, ignored: Vec::new() };
+                for n in names {
+                    let f = Items::from_folder(&root.join(n), true)?;
+                    items.paths.extend(f.paths);
+                    items.n_ignored += f.n_ignored;
+                    items.ignored.extend(f.ignored);
+                }
+                items.paths.sort();
+                Ok(items)
+            }
             Source::Csv { file, fn_col, pref, suffix } => Items::from_csv(CsvTable::read(file)?, fn_col, pref.as_deref(), suffix),
         }
     }
@@ -211,22 +248,33 @@ impl DataBlock {
             bail!("no images found in {}", self.source_name());
         }
         let labels = self.labeller.label_all(&items)?;
-        let multi = self.label_delim.map(|d| labels.iter().map(|l| multi_labels(l, d)).collect());
+        let multi: Option<Vec<Vec<String>>> = self.label_delim.map(|d| labels.iter().map(|l| multi_labels(l, d)).collect());
         let (train, valid) = self.splitter.split(&items, &labels)?;
-        let mut warnings = check_split(&labels, &train, &valid, &self.splitter)?;
+        let mut warnings = match &multi {
+            Some(m) => check_split_sets(m, &train, &valid, &self.splitter)?,
+            None => check_split(&labels, &train, &valid, &self.splitter)?,
+        };
         if items.n_ignored > 0 {
-            warnings.insert(0, format!("{} files in {} are not images and were ignored", items.n_ignored, self.source_name()));
+            let shown: Vec<String> = items.ignored.iter().take(3).map(|p| p.display().to_string()).collect();
+            let more = if items.n_ignored > shown.len() { ", …" } else { "" };
+            warnings.insert(0, format!("{} files in {} are not images and were ignored: {}{more}",
+                                       items.n_ignored, self.source_name(), shown.join(", ")));
         }
         for w in &warnings {
             log::warn!("{w}");
         }
-        let vocab = CategoryMap::new(train.iter().map(|&i| &labels[i]));
+        let vocab = match &multi {
+            // fastai `MultiCategorize.setups`: every label of the training items.
+            Some(m) => CategoryMap::new(train.iter().flat_map(|&i| m[i].iter())),
+            None => CategoryMap::new(train.iter().map(|&i| &labels[i])),
+        };
         Ok(Datasets { items, labels, multi_labels: multi, train, valid, vocab, warnings })
     }
 
     fn source_name(&self) -> String {
         match &self.source {
             Source::Folder { path, .. } => path.display().to_string(),
+            Source::Subfolders { root, names } => format!("{} ({})", root.display(), names.join("/, ") + "/"),
             Source::Csv { file, .. } => file.display().to_string(),
         }
     }
@@ -243,6 +291,7 @@ impl DataBlock {
             device: self.device,
             train,
             skip_bad: self.skip_bad,
+            weights: None,
         }
     }
 
@@ -252,9 +301,23 @@ impl DataBlock {
         let ds = Arc::new(self.datasets()?);
         let make = |idx: &[usize], train: bool| -> crate::Result<Arc<ImageDataLoader>> {
             let paths = idx.iter().map(|&i| ds.items.paths[i].clone()).collect();
-            let targets = idx.iter().map(|&i| ds.vocab.index(&ds.labels[i]).map(|t| t as i64)).collect::<crate::Result<_>>()?;
-            let cfg = self.loader_config(train);
-            Ok(Arc::new(ImageDataLoader::new(paths, targets, self.item_tfm.clone(), self.batch_tfms.clone(), cfg)?))
+            let targets = match &ds.multi_labels {
+                Some(_) => vec![0; idx.len()],
+                None => idx.iter().map(|&i| ds.vocab.index(&ds.labels[i]).map(|t| t as i64)).collect::<crate::Result<_>>()?,
+            };
+            let mut cfg = self.loader_config(train);
+            if train && self.balance {
+                cfg.weights = Some(Arc::new(class_balance_weights(&idx.iter().map(|&i| ds.labels[i].as_str()).collect::<Vec<_>>())));
+            }
+            let dl = ImageDataLoader::new(paths, targets, self.item_tfm.clone(), self.batch_tfms.clone(), cfg)?;
+            Ok(Arc::new(match &ds.multi_labels {
+                Some(m) => {
+                    let lists = idx.iter().map(|&i| m[i].iter().map(|l| ds.vocab.index(l).map(|t| t as i64)).collect())
+                        .collect::<crate::Result<_>>()?;
+                    dl.multi_label(ds.vocab.len(), lists)?
+                }
+                None => dl,
+            }))
         };
         let (train, valid) = (make(&ds.train, true)?, make(&ds.valid, false)?);
         if train.n_batches() == 0 {
@@ -275,10 +338,28 @@ impl DataBlock {
     }
 }
 
+/// Sampling weights for class-balanced training (fastai `weighted_dataloaders` with
+/// `wgts = 1 / count(class)`): item `i` gets `1 / (number of items with labels[i])`, so
+/// each class has the same total weight.
+pub fn class_balance_weights(labels: &[&str]) -> Vec<f64> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in labels {
+        *counts.entry(l).or_default() += 1;
+    }
+    labels.iter().map(|l| 1.0 / counts[l] as f64).collect()
+}
+
 /// The checks run before any training: an empty training or validation set and labels
 /// found only in validation are errors naming the classes; classes with a single photo
 /// are returned as warnings.
 pub fn check_split(labels: &[String], train: &[usize], valid: &[usize], splitter: &Splitter) -> crate::Result<Vec<String>> {
+    let sets: Vec<Vec<String>> = labels.iter().map(|l| vec![l.clone()]).collect();
+    check_split_sets(&sets, train, valid, splitter)
+}
+
+/// [`check_split`] for items with several labels each (multi-label): a label is
+/// counted for every item that carries it.
+pub fn check_split_sets(labels: &[Vec<String>], train: &[usize], valid: &[usize], splitter: &Splitter) -> crate::Result<Vec<String>> {
     if train.is_empty() {
         bail!("the training set is empty after {} ({} items, {} in validation)", splitter.describe(), labels.len(), valid.len());
     }
@@ -287,10 +368,10 @@ pub fn check_split(labels: &[String], train: &[usize], valid: &[usize], splitter
     }
     let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for &i in train {
-        counts.entry(&labels[i]).or_default().0 += 1;
+        for l in &labels[i] { counts.entry(l).or_default().0 += 1; }
     }
     for &i in valid {
-        counts.entry(&labels[i]).or_default().1 += 1;
+        for l in &labels[i] { counts.entry(l).or_default().1 += 1; }
     }
     let only_valid: Vec<&str> = counts.iter().filter(|(_, c)| c.0 == 0).map(|(k, _)| *k).collect();
     if !only_valid.is_empty() {

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 pub struct DataCheck {
     /// Number of items listed (images in the folder, or rows of the CSV).
     pub n_items: usize,
-    /// Per label: (label, training items, validation items), labels sorted.
+    /// Items in the training and validation sets.
+    pub n_split: (usize, usize),
+    /// Per label: (label, training items, validation items), labels sorted; a multi-label
+    /// item counts once for each of its labels.
     pub counts: Vec<(String, usize, usize)>,
     /// Files that cannot be read or decoded, with the reason.
     pub undecodable: Vec<(PathBuf, String)>,
@@ -32,7 +35,13 @@ pub struct DataCheck {
     /// Sets that would leave nothing to train on or to measure: "no items", "the
     /// training set is empty", "the validation set is empty".
     pub empty: Vec<String>,
+    /// Files in the folder that are not images (by extension) and were left out, sorted.
+    pub ignored: Vec<PathBuf>,
 }
+
+/// Largest-to-smallest class ratio above which [`DataCheck`] warns (fastai has no such
+/// check; 10× is where a plain loader starts to starve the small classes).
+pub const IMBALANCE_WARN: f64 = 10.0;
 
 impl DataCheck {
     /// Number of problems that stop or spoil training: undecodable files, labeller misses,
@@ -45,7 +54,22 @@ impl DataCheck {
     /// upsampled; common in real photo collections) and duplicate copies (a duplicate
     /// group counts its extra copies).
     pub fn n_warnings(&self) -> usize {
-        self.tiny.len() + self.duplicates.iter().map(|g| g.len() - 1).sum::<usize>()
+        let imbalanced = self.imbalance().is_some_and(|(_, _, r)| r > IMBALANCE_WARN);
+        self.tiny.len() + self.duplicates.iter().map(|g| g.len() - 1).sum::<usize>() + self.ignored.len() + usize::from(imbalanced)
+    }
+
+    /// The largest and smallest class by photos (training + validation) and their ratio
+    /// (≥ 1): `(largest, smallest, ratio)` as (label, count) pairs; `None` with fewer
+    /// than two classes.
+    pub fn imbalance(&self) -> Option<((String, usize), (String, usize), f64)> {
+        if self.counts.len() < 2 {
+            return None;
+        }
+        let total = |c: &(String, usize, usize)| (c.0.clone(), c.1 + c.2);
+        let max = self.counts.iter().map(total).max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+        let min = self.counts.iter().map(total).min_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)))?;
+        let ratio = max.1 as f64 / min.1.max(1) as f64;
+        Some((max, min, ratio))
     }
 }
 
@@ -71,8 +95,13 @@ pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> 
     let (train, valid) = block.splitter.split(&items, &placeholder)?;
 
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for &i in &train { if let Some(l) = &labels[i] { counts.entry(l.clone()).or_default().0 += 1; } }
-    for &i in &valid { if let Some(l) = &labels[i] { counts.entry(l.clone()).or_default().1 += 1; } }
+    // Multi-label cells count each of their labels (fastai `MultiCategorize`).
+    let split = |l: &String| match block.label_delim {
+        Some(d) => super::label::multi_labels(l, d),
+        None => vec![l.clone()],
+    };
+    for &i in &train { for l in labels[i].iter().flat_map(split) { counts.entry(l).or_default().0 += 1; } }
+    for &i in &valid { for l in labels[i].iter().flat_map(split) { counts.entry(l).or_default().1 += 1; } }
     let valid_only = counts.iter().filter(|(_, c)| c.0 == 0 && c.1 > 0).map(|(l, _)| l.clone()).collect();
 
     let files = scan_files(&items.paths, block.workers.max(1));
@@ -95,8 +124,9 @@ pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> 
         .iter().filter(|(b, _)| *b).map(|(_, m)| m.to_string()).collect();
     Ok(DataCheck {
         n_items: n,
+        n_split: (train.len(), valid.len()),
         counts: counts.into_iter().map(|(l, (t, v))| (l, t, v)).collect(),
-        undecodable, label_misses, valid_only, duplicates, tiny, min_size, empty,
+        undecodable, label_misses, valid_only, duplicates, tiny, min_size, empty, ignored: items.ignored,
     })
 }
 
@@ -126,10 +156,21 @@ impl fmt::Display for DataCheck {
     /// The report as `kestrel check-data` prints it: counts, then one block per kind of
     /// problem or warning (at most 20 lines each), then a one-line verdict.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (t, v): (usize, usize) = self.counts.iter().fold((0, 0), |a, c| (a.0 + c.1, a.1 + c.2));
+        let (t, v) = self.n_split;
         writeln!(f, "{} items, {} labels; {t} training, {v} validation", self.n_items, self.counts.len())?;
         writeln!(f, "{:<32} {:>6} {:>6}", "label", "train", "valid")?;
         for (l, t, v) in &self.counts { writeln!(f, "{l:<32} {t:>6} {v:>6}")?; }
+        if let Some(((big, nb), (small, ns), r)) = self.imbalance() {
+            if nb == ns {
+                writeln!(f, "every class has {nb}: balanced")?;
+            } else {
+                writeln!(f, "largest class {big} ({nb}), smallest {small} ({ns}): ratio {r:.1}×")?;
+            }
+            if r > IMBALANCE_WARN {
+                writeln!(f, "warning: classes are imbalanced (more than {IMBALANCE_WARN}×): consider `fine-tune --balance` \
+                             (fastai weighted_dataloaders) and read the per-class recall in the report")?;
+            }
+        }
         let list = |f: &mut fmt::Formatter<'_>, title: String, lines: Vec<String>| -> fmt::Result {
             if lines.is_empty() { return Ok(()); }
             writeln!(f, "\n{title} ({}):", lines.len())?;
@@ -139,6 +180,7 @@ impl fmt::Display for DataCheck {
         };
         list(f, "empty sets".into(), self.empty.clone())?;
         list(f, "undecodable files".into(), self.undecodable.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
+        list(f, "warning: not images, left out".into(), self.ignored.iter().map(|p| p.display().to_string()).collect())?;
         list(f, "labeller misses".into(), self.label_misses.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
         list(f, "labels only in the validation set".into(), self.valid_only.clone())?;
         list(f, "warning: duplicates (same content)".into(), self.duplicates.iter()

@@ -61,13 +61,15 @@ pub struct Items {
     pub table: Option<CsvTable>,
     /// Files ignored while listing a folder (not images).
     pub n_ignored: usize,
+    /// Those files, sorted.
+    pub ignored: Vec<PathBuf>,
 }
 
 impl Items {
     /// The images of a folder ([`get_image_files`]).
     pub fn from_folder(path: &Path, recurse: bool) -> crate::Result<Self> {
         let f = get_image_files(path, recurse)?;
-        Ok(Self { paths: f.files, table: None, n_ignored: f.n_ignored })
+        Ok(Self { paths: f.files, table: None, n_ignored: f.n_ignored, ignored: f.ignored })
     }
 
     /// One item per row of `table`: the file named in column `fn_col`, as
@@ -83,7 +85,7 @@ impl Items {
             None => base,
         };
         let paths = table.column(fn_col)?.into_iter().map(|c| pref.join(format!("{c}{suffix}"))).collect();
-        Ok(Self { paths, table: Some(table), n_ignored: 0 })
+        Ok(Self { paths, table: Some(table), n_ignored: 0, ignored: Vec::new() })
     }
 
     /// Number of items.

@@ -4,7 +4,7 @@
 use super::items::Items;
 use anyhow::{Context, bail};
 use regex::Regex;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// fastai's pet-breed pattern from the book (chapter 5): the breed is everything before
@@ -30,6 +30,15 @@ pub enum Labeller {
         col: String,
         /// Delimiter of multi-label cells, e.g. `' '`.
         label_delim: Option<char>,
+    },
+    /// The class folder of a folder layout: component `depth` of the path below `root`
+    /// (0 for `root/<class>/…`, 1 for `root/train/<class>/…`), so photos nested deeper in
+    /// a class folder keep its label (fastai `parent_label` for the usual depth).
+    ClassFolder {
+        /// The dataset folder the depth counts from.
+        root: PathBuf,
+        /// Number of folders between `root` and the class folder.
+        depth: usize,
     },
     /// Any function of the path.
     Func(LabelFn),
@@ -58,6 +67,8 @@ impl Labeller {
             Self::NameRegex(re) => format!("RegexLabeller('{}') on the file name", re.as_str()),
             Self::Parent => "parent_label (name of the folder holding the file)".into(),
             Self::Col { col, .. } => format!("ColReader('{col}')"),
+            Self::ClassFolder { depth: 0, .. } => "the class folder (first folder below the dataset folder)".into(),
+            Self::ClassFolder { .. } => "parent_label of the class folders (first folder below train/ and valid/)".into(),
             Self::Func(_) => "a label function".into(),
         }
     }
@@ -85,6 +96,15 @@ impl Labeller {
                     bail!("{}: empty '{col}' cell at line {}", t.path.display(), i + 2);
                 }
                 Ok(cell.to_owned())
+            }
+            Self::ClassFolder { root, depth } => {
+                let rel = path.strip_prefix(root).with_context(|| format!("{} is not under {}", path.display(), root.display()))?;
+                let parts: Vec<_> = rel.components().collect();
+                if parts.len() < depth + 2 {
+                    bail!("{} is not inside a class folder (expected {}<class>/<image>)", path.display(),
+                          parts.iter().take(*depth).map(|c| format!("{}/", c.as_os_str().to_string_lossy())).collect::<String>());
+                }
+                Ok(parts[*depth].as_os_str().to_string_lossy().into_owned())
             }
             Self::Func(f) => f(path),
         }

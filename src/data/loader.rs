@@ -6,6 +6,7 @@
 use super::decode::decode_rgb;
 use super::resize::ItemTfm;
 use super::{Batch, BatchSource};
+use crate::distributed::Shard;
 use crate::transforms::BatchTransform;
 use crate::util::rng::{Rng, derived};
 use anyhow::{Context, anyhow, bail};
@@ -39,6 +40,10 @@ pub struct LoaderConfig {
     /// Leave out files that fail to decode, with a logged warning each and a count
     /// ([`ImageDataLoader::n_skipped`]), instead of returning an error.
     pub skip_bad: bool,
+    /// Sampling weights, one per item (fastai `WeightedDL`): each pass draws `n` items
+    /// with replacement, item `i` with probability `weights[i] / Σ weights`, instead of a
+    /// permutation. `None`: every item once per pass.
+    pub weights: Option<Arc<Vec<f64>>>,
 }
 
 /// One decoded, transformed item: (height, width) and CHW `u8` pixels.
@@ -47,6 +52,8 @@ type ItemOut = (u32, u32, Vec<u8>);
 struct Inner {
     paths: Vec<PathBuf>,
     targets: Vec<i64>,
+    /// Multi-label targets: (number of classes, class indices of each item).
+    multi: Option<(usize, Vec<Vec<i64>>)>,
     item_tfm: Option<ItemTfm>,
     train: bool,
     seed: u64,
@@ -106,12 +113,42 @@ impl Inner {
             }
         }
         let x = collate_u8(items.iter().map(|(_, (_, _, px))| px.as_slice()), items.len(), h, w);
-        let y = Tensor::from_slice(&items.iter().map(|(idx, _)| self.targets[*idx]).collect::<Vec<_>>());
+        let y = match &self.multi {
+            Some((c, labels)) => {
+                let mut hot = vec![0f32; items.len() * c];
+                for (row, (idx, _)) in items.iter().enumerate() {
+                    for &t in &labels[*idx] { hot[row * c + t as usize] = 1.0; }
+                }
+                Tensor::from_slice(&hot).view([items.len() as i64, *c as i64])
+            }
+            None => Tensor::from_slice(&items.iter().map(|(idx, _)| self.targets[*idx]).collect::<Vec<_>>()),
+        };
         Ok(Some((x, y)))
     }
 }
 
 pub(crate) use kestrel_image::hwc_to_chw;
+/// `n` indices drawn with replacement, index `i` with probability `w[i] / Σ w`
+/// (inverse-CDF sampling on the cumulative weights).
+fn weighted_draws(w: &[f64], n: usize, rng: &mut Rng) -> Vec<usize> {
+    use rand::Rng as _;
+    let mut cum = Vec::with_capacity(w.len());
+    let mut total = 0.0;
+    for &x in w {
+        total += x.max(0.0);
+        cum.push(total);
+    }
+    if w.is_empty() || total <= 0.0 {
+        return (0..n.min(w.len())).collect();
+    }
+    (0..n)
+        .map(|_| {
+            let u = rng.random::<f64>() * total;
+            cum.partition_point(|&c| c <= u).min(w.len() - 1)
+        })
+        .collect()
+}
+
 
 /// Stacks `n` CHW `u8` images of `h`×`w` into one (n, 3, h, w) `u8` CPU tensor with a
 /// single copy of the pixels.
@@ -132,6 +169,8 @@ pub struct ImageDataLoader {
     inner: Arc<Inner>,
     cfg: LoaderConfig,
     batch_tfms: Option<Arc<dyn BatchTransform>>,
+    /// This rank's share of every pass (data-parallel training), all items when `None`.
+    shard: Option<Shard>,
 }
 
 impl ImageDataLoader {
@@ -150,19 +189,61 @@ impl ImageDataLoader {
         if paths.len() != targets.len() {
             bail!("{} items but {} targets", paths.len(), targets.len());
         }
+        if let Some(w) = &cfg.weights {
+            if w.len() != paths.len() {
+                bail!("{} items but {} sampling weights", paths.len(), w.len());
+            }
+            if let Some(x) = w.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+                bail!("sampling weights must be finite and non-negative, got {x}");
+            }
+        }
         if cfg.bs == 0 {
             bail!("batch size must be at least 1");
         }
         let inner = Arc::new(Inner {
             paths,
             targets,
+            multi: None,
             item_tfm,
             train: cfg.train,
             seed: cfg.seed,
             skip_bad: cfg.skip_bad,
             skipped: AtomicUsize::new(0),
         });
-        Ok(Self { inner, cfg, batch_tfms })
+        Ok(Self { inner, cfg, batch_tfms, shard: None })
+    }
+
+    /// Makes this a multi-label loader (fastai `MultiCategoryBlock`): batches carry
+    /// one-hot targets `f32` (N, `n_classes`) built from each item's class indices `labels`
+    /// (one list per item, dataset order) instead of the class indices of [`Self::new`].
+    ///
+    /// Errors: `labels` and the items differ in length, or an index is not below `n_classes`.
+    pub fn multi_label(mut self, n_classes: usize, labels: Vec<Vec<i64>>) -> crate::Result<Self> {
+        if labels.len() != self.inner.paths.len() {
+            bail!("{} items but {} label lists", self.inner.paths.len(), labels.len());
+        }
+        if let Some(t) = labels.iter().flatten().find(|&&t| t < 0 || t as usize >= n_classes) {
+            bail!("label index {t} is out of range for {n_classes} classes");
+        }
+        let inner = Arc::get_mut(&mut self.inner).context("multi_label: the loader is already in use")?;
+        inner.multi = Some((n_classes, labels));
+        Ok(self)
+    }
+
+    /// True for a multi-label loader ([`Self::multi_label`]).
+    pub fn is_multi_label(&self) -> bool {
+        self.inner.multi.is_some()
+    }
+
+    /// This loader's items, in order and all of them (no shuffle, no `drop_last`), with the
+    /// random item and batch transforms of the training loader `train`: the augmented
+    /// loader of test-time augmentation over a validation set (fastai `Learner.tta` sets
+    /// the validation dataset's split to training). Passes differ by their `epoch`.
+    ///
+    /// Errors: as [`ImageDataLoader::new`].
+    pub fn augmented_like(&self, train: &ImageDataLoader) -> crate::Result<Self> {
+        let cfg = LoaderConfig { shuffle: false, drop_last: false, train: true, bs: self.cfg.bs, ..train.cfg.clone() };
+        Self::new(self.paths().to_vec(), self.targets().to_vec(), train.inner.item_tfm.clone(), train.batch_tfms.clone(), cfg)
     }
 
     /// The settings.
@@ -185,15 +266,40 @@ impl ImageDataLoader {
         self.inner.skipped.load(Ordering::Relaxed)
     }
 
-    /// The item order of pass `epoch`: a Fisher–Yates permutation from
-    /// `derived(seed, epoch)` when shuffling, dataset order otherwise.
+    /// The same loader restricted to one rank's share of every pass (PyTorch
+    /// `DistributedSampler`, see [`Shard`]); its batch transforms draw a per-rank stream.
+    pub fn with_shard(&self, shard: Shard) -> Self {
+        Self { inner: self.inner.clone(), cfg: self.cfg.clone(), batch_tfms: self.batch_tfms.clone(), shard: Some(shard) }
+    }
+
+    /// The share this loader is restricted to, if any.
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
+    }
+
+    /// The item order of pass `epoch`: with sampling weights, `n` weighted draws with
+    /// replacement (fastai `WeightedDL.get_idxs`: `np.random.choice(n, n, p=wgts)`); else a
+    /// Fisher–Yates permutation from `derived(seed, epoch)` when shuffling, dataset order
+    /// otherwise. With a [`Shard`], this rank's share of it.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let n = self.inner.paths.len();
-        if self.cfg.shuffle {
+        let order = if let Some(w) = &self.cfg.weights {
+            weighted_draws(w, n, &mut derived(self.cfg.seed, epoch))
+        } else if self.cfg.shuffle {
             super::split::permutation(n, &mut derived(self.cfg.seed, epoch))
         } else {
             (0..n).collect()
+        };
+        match self.shard {
+            Some(s) => s.take(&order),
+            None => order,
         }
+    }
+
+    /// Number of items one pass orders (this rank's share with a [`Shard`]).
+    fn n_ordered(&self) -> usize {
+        let n = self.inner.paths.len();
+        self.shard.map_or(n, |s| s.len(n))
     }
 
     /// The first batch of epoch 0 (fastai `one_batch`). Errors: no batch, or the batch's
@@ -222,7 +328,7 @@ impl ImageDataLoader {
     fn finish(&self, x: Tensor, y: Tensor, rng: &mut Rng, train: bool) -> crate::Result<Batch> {
         let (x, y) = match self.cfg.device {
             Device::Cpu => (x, y),
-            d @ Device::Cuda(_) => (x.f_pin_memory(d)?.f_to_device_(d, Kind::Uint8, true, false)?, y.f_to_device_(d, Kind::Int64, true, false)?),
+            d @ Device::Cuda(_) => (x.f_pin_memory(d)?.f_to_device_(d, Kind::Uint8, true, false)?, y.f_to_device_(d, y.kind(), true, false)?),
             d => (x.f_to_device(d)?, y.f_to_device(d)?),
         };
         let x = match &self.batch_tfms {
@@ -235,12 +341,12 @@ impl ImageDataLoader {
 
 impl BatchSource for ImageDataLoader {
     fn n_batches(&self) -> usize {
-        let n = self.inner.paths.len();
+        let n = self.n_ordered();
         if self.cfg.drop_last { n / self.cfg.bs } else { n.div_ceil(self.cfg.bs) }
     }
 
     fn n_items(&self) -> usize {
-        if self.cfg.drop_last { self.n_batches() * self.cfg.bs } else { self.inner.paths.len() }
+        if self.cfg.drop_last { self.n_batches() * self.cfg.bs } else { self.n_ordered() }
     }
 
     fn device(&self) -> Device {
@@ -300,7 +406,7 @@ impl<'a> EpochIter<'a> {
             results: None,
             stop: stop.clone(),
             workers: Vec::new(),
-            rng: derived(dl.cfg.seed ^ 0xBA7C_4000_0000_0000, epoch),
+            rng: derived(dl.shard.map_or(dl.cfg.seed, |s| s.mix_seed(dl.cfg.seed)) ^ 0xBA7C_4000_0000_0000, epoch),
             done: false,
         };
         if dl.cfg.workers > 0 {

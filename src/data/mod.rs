@@ -6,6 +6,7 @@ pub mod check;
 pub use kestrel_image::decode;
 pub mod items;
 pub mod label;
+pub mod layout;
 pub mod loader;
 pub use kestrel_image::resize;
 pub mod show;
@@ -31,7 +32,8 @@ pub struct Batch {
     /// Images, shape (N, 3, H, W): `u8` 0..=255 straight from the item pipeline, or `f32`
     /// normalised once the batch transforms ran.
     pub x: Tensor,
-    /// Class indices into the vocabulary, `i64`, shape (N).
+    /// Class indices into the vocabulary, `i64`, shape (N); for a multi-label loader
+    /// one-hot `f32` (N, C) (fastai `MultiCategoryBlock`'s `EncodedMultiCategorize`).
     pub y: Tensor,
 }
 

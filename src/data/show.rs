@@ -139,7 +139,17 @@ pub fn show_loader_batch(
     out: &Path,
 ) -> crate::Result<()> {
     let b = if unique { dl.unique_batch(dl.order(0).first().copied().unwrap_or(0))? } else { dl.one_batch()? };
-    let ys = Vec::<i64>::try_from(b.y.to_device(tch::Device::Cpu))?;
-    let labels: Vec<String> = ys.iter().map(|&t| vocab.label(t as usize).unwrap_or("?").to_owned()).collect();
+    let y = b.y.to_device(tch::Device::Cpu);
+    let labels: Vec<String> = if y.dim() == 2 {
+        // Multi-label: every label of the photo, `;`-separated (as fastai's show_batch).
+        let hot = Vec::<Vec<f32>>::try_from(y)?;
+        hot.iter().map(|row| {
+            let l: Vec<&str> = row.iter().enumerate().filter(|(_, v)| **v > 0.5).map(|(i, _)| vocab.label(i).unwrap_or("?")).collect();
+            if l.is_empty() { "(none)".to_owned() } else { l.join(";") }
+        }).collect()
+    } else {
+        let ys = Vec::<i64>::try_from(y)?;
+        ys.iter().map(|&t| vocab.label(t as usize).unwrap_or("?").to_owned()).collect()
+    };
     show_batch(&b.x, &labels, nrows, ncols, denorm, out)
 }

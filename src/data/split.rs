@@ -37,11 +37,24 @@ pub enum Splitter {
         /// Folder name of the validation set.
         valid_name: String,
     },
+    /// By the first folder below `root` (fastai `GrandparentSplitter(train_name,
+    /// valid_name)` for `root/<set>/<class>/<image>`, also when the photos are nested
+    /// deeper inside the class folders); items under neither are left out (e.g. `test/`).
+    TopFolder {
+        /// The dataset folder.
+        root: PathBuf,
+        /// Folder name of the training set.
+        train_name: String,
+        /// Folder name of the validation set.
+        valid_name: String,
+    },
     /// By a boolean column of the items' CSV table (fastai `ColSplitter('is_valid')`):
     /// `true`/`false`, `1`/`0`, `yes`/`no` in any letter case.
     Col(String),
-    /// Validation = the files listed in a text file, one name per line (fastai
-    /// `FileSplitter`); compared by file name.
+    /// Validation = the files listed in a text file, one per line (fastai `FileSplitter`).
+    /// A line with folders (`accordion/image_0001.jpg`) matches the items whose path ends
+    /// with those components, so files of the same name in different class folders are told
+    /// apart; a bare name matches by file name.
     File(PathBuf),
 }
 
@@ -79,6 +92,7 @@ impl Splitter {
             Self::Random { valid_pct, seed } => format!("RandomSplitter(valid_pct={valid_pct}, seed={seed})"),
             Self::Stratified { valid_pct, seed } => format!("stratified RandomSplitter(valid_pct={valid_pct}, seed={seed})"),
             Self::Grandparent { train_name, valid_name } => format!("GrandparentSplitter('{train_name}', '{valid_name}')"),
+            Self::TopFolder { train_name, valid_name, .. } => format!("GrandparentSplitter('{train_name}', '{valid_name}') (the first folder below the dataset folder)"),
             Self::Col(c) => format!("ColSplitter('{c}')"),
             Self::File(p) => format!("FileSplitter({})", p.display()),
         }
@@ -128,6 +142,18 @@ impl Splitter {
                 }
                 Ok((train, valid))
             }
+            Self::TopFolder { root, train_name, valid_name } => {
+                let (mut train, mut valid) = (Vec::new(), Vec::new());
+                for (i, p) in items.paths.iter().enumerate() {
+                    let top = p.strip_prefix(root).ok().and_then(|r| r.components().next()).map(|c| c.as_os_str().to_string_lossy());
+                    match top.as_deref() {
+                        Some(g) if g == train_name => train.push(i),
+                        Some(g) if g == valid_name => valid.push(i),
+                        _ => {}
+                    }
+                }
+                Ok((train, valid))
+            }
             Self::Col(col) => {
                 let t = items.table("ColSplitter")?;
                 let (mut train, mut valid) = (Vec::new(), Vec::new());
@@ -141,16 +167,22 @@ impl Splitter {
             Self::File(list) => {
                 let text = std::fs::read_to_string(list)
                     .with_context(|| format!("cannot read the validation list {}", list.display()))?;
-                let names: HashSet<&str> = text
+                // Each listed entry as its path components; matched against the same number
+                // of trailing components of every item path.
+                let entries: HashSet<Vec<&str>> = text
                     .lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty())
-                    .map(|l| l.rsplit(['/', '\\']).next().unwrap_or(l))
+                    .map(|l| l.trim_start_matches("./").split(['/', '\\']).filter(|c| !c.is_empty()).collect())
                     .collect();
+                let depths: std::collections::BTreeSet<usize> = entries.iter().map(Vec::len).collect();
                 let (mut train, mut valid) = (Vec::new(), Vec::new());
                 for (i, p) in items.paths.iter().enumerate() {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    if names.contains(name) { valid.push(i) } else { train.push(i) }
+                    let comps: Vec<String> = p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                    let listed = depths.iter().any(|&d| {
+                        d <= comps.len() && entries.contains(&comps[comps.len() - d..].iter().map(String::as_str).collect::<Vec<_>>())
+                    });
+                    if listed { valid.push(i) } else { train.push(i) }
                 }
                 Ok((train, valid))
             }

@@ -2,6 +2,7 @@
 //! whose data fits in memory.
 
 use super::{Batch, BatchSource};
+use crate::distributed::Shard;
 use rand::seq::SliceRandom;
 use std::sync::Mutex;
 use tch::{Device, Tensor};
@@ -18,6 +19,7 @@ pub struct TensorLoader {
     drop_last: bool,
     seed: u64,
     device: Device,
+    shard: Option<Shard>,
 }
 
 impl TensorLoader {
@@ -29,10 +31,17 @@ impl TensorLoader {
         anyhow::ensure!(bs > 0, "TensorLoader: batch size must be > 0");
         let (nx, ny) = (x.size().first().copied().unwrap_or(0), y.size().first().copied().unwrap_or(0));
         anyhow::ensure!(nx == ny, "TensorLoader: x has {nx} rows but y has {ny}");
-        Ok(TensorLoader { xy: Mutex::new((x, y)), n: nx as usize, bs, shuffle, drop_last, seed, device })
+        Ok(TensorLoader { xy: Mutex::new((x, y)), n: nx as usize, bs, shuffle, drop_last, seed, device, shard: None })
     }
 
-    fn n(&self) -> usize { self.n }
+    /// The same loader restricted to one rank's share of every pass (PyTorch
+    /// `DistributedSampler`, see [`Shard`]).
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = Some(shard);
+        self
+    }
+
+    fn n(&self) -> usize { self.shard.map_or(self.n, |s| s.len(self.n)) }
 }
 
 impl BatchSource for TensorLoader {
@@ -42,9 +51,13 @@ impl BatchSource for TensorLoader {
     fn n_items(&self) -> usize { if self.drop_last { self.n_batches() * self.bs } else { self.n() } }
     fn device(&self) -> Device { self.device }
     fn batches(&self, epoch: u64) -> Box<dyn Iterator<Item = crate::Result<Batch>> + '_> {
-        let mut idx: Vec<i64> = (0..self.n() as i64).collect();
+        let mut idx: Vec<i64> = (0..self.n as i64).collect();
         if self.shuffle {
             idx.shuffle(&mut crate::util::rng::derived(self.seed, epoch));
+        }
+        if let Some(s) = self.shard {
+            let order: Vec<usize> = idx.iter().map(|&i| i as usize).collect();
+            idx = s.take(&order).into_iter().map(|i| i as i64).collect();
         }
         let nb = self.n_batches();
         Box::new((0..nb).map(move |b| {

@@ -89,7 +89,15 @@ pub fn write_model_file(path: &Path, model: &dyn Model, card: &ModelCard) -> cra
 /// Errors: the file cannot be opened (I/O error naming it), or a [`ModelFileError`].
 pub fn read_model_file(path: &Path) -> crate::Result<ModelFile> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
-    let (header, st) = parse(path, &bytes)?;
+    model_file_from_bytes(path, &bytes)
+}
+
+/// [`read_model_file`] for a file's content already in memory; `path` only names it in
+/// errors.
+///
+/// Errors: a [`ModelFileError`].
+pub fn model_file_from_bytes(path: &Path, bytes: &[u8]) -> crate::Result<ModelFile> {
+    let (header, st) = parse(path, bytes)?;
     let meta = check_header(path, &header)?;
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
@@ -100,7 +108,8 @@ pub fn read_model_file(path: &Path) -> crate::Result<ModelFile> {
         hasher.update(view.data());
         let kind = kind_of(view.dtype()).ok_or_else(|| corrupt(path, format!("tensor {name} has unsupported dtype {:?}", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
+        tensors.insert(name, t);
     }
     let sha = hex::encode(hasher.finalize());
     if sha != meta.weights_sha256 {
@@ -114,7 +123,15 @@ pub fn read_model_file(path: &Path) -> crate::Result<ModelFile> {
 /// Errors: as [`read_model_file`], except that damaged weights go unnoticed.
 pub fn read_model_meta(path: &Path) -> crate::Result<ModelMeta> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
-    let (header, _) = parse(path, &bytes)?;
+    model_meta_from_bytes(path, &bytes)
+}
+
+/// [`read_model_meta`] for a file's content already in memory; `path` only names it in
+/// errors.
+///
+/// Errors: a [`ModelFileError`].
+pub fn model_meta_from_bytes(path: &Path, bytes: &[u8]) -> crate::Result<ModelMeta> {
+    let (header, _) = parse(path, bytes)?;
     Ok(check_header(path, &header)?)
 }
 

@@ -74,6 +74,40 @@ pub struct TrainingSummary {
     pub metrics: BTreeMap<String, f64>,
     /// UTC date and time the model was exported, ISO 8601 (`2026-11-30T01:02:03Z`).
     pub date: String,
+    /// Numeric precision of the training (`fp32`, `bf16` autocast or `fp16` autocast;
+    /// `--precision auto` depends on the machine). `None` in files that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+}
+
+/// The activation of the model's outputs (fastai: the loss function's `activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Single-label: softmax over the classes, the prediction is the argmax
+    /// (`CrossEntropyLossFlat`). Files written before this field existed are softmax.
+    #[default]
+    Softmax,
+    /// Multi-label: an independent sigmoid per label, the prediction is every label above
+    /// the threshold, possibly none (`BCEWithLogitsLossFlat`).
+    Sigmoid,
+}
+
+/// How the outputs become a prediction: the activation and, for multi-label models,
+/// the decision threshold. Stored in the model file so inference (and an exported ONNX
+/// graph) applies the same rule as the validation metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct OutputSpec {
+    /// Softmax (single-label) or sigmoid (multi-label).
+    pub activation: Activation,
+    /// Multi-label decision threshold on the sigmoid, in (0, 1) (fastai `thresh`; the book
+    /// uses 0.2). `None` for softmax models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresh: Option<f64>,
+    /// Where the threshold comes from, e.g. "--thresh 0.2" or "chosen on the validation
+    /// set (370 photos) by F1 (samples)": metrics on that set are then optimistic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresh_source: Option<String>,
 }
 
 /// Everything the caller tells [`super::export`] about a model besides its weights.
@@ -87,6 +121,39 @@ pub struct ModelCard {
     pub transforms: InferenceTransforms,
     /// How it was trained, when known.
     pub training: Option<TrainingSummary>,
+    /// Activation and decision rule of the outputs (softmax when absent from the file).
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// Temperature scaling fitted on the validation set: [`super::Predictor`] divides the
+    /// logits by `temperature` before the softmax. `None` (or absent in files written
+    /// before it existed): plain softmax. An ONNX export carries it as a division of the
+    /// logits by the same constant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Temperature scaling of a model's probabilities (Guo et al. 2017): probabilities are
+/// `softmax(logits / temperature)`. Written by `kestrel fine-tune`, with the expected
+/// calibration error (15 bins) and negative log-likelihood (natural log, per item) of the
+/// validation set before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// T > 0: the logits are divided by it (T > 1 softens over-confident probabilities).
+    pub temperature: f64,
+    /// Validation items T was fitted on.
+    pub n_fitted: usize,
+    /// ECE of the plain softmax, in [0, 1].
+    pub ece_before: f64,
+    /// ECE after scaling, measured on the items T was fitted on (optimistic).
+    pub ece_after: f64,
+    /// Mean NLL of the plain softmax.
+    pub nll_before: f64,
+    /// Mean NLL after scaling, on the items T was fitted on.
+    pub nll_after: f64,
+    /// ECE after scaling with 2-fold cross-fitting (T fitted on one half, measured on the other).
+    pub ece_after_crossfit: f64,
+    /// NLL after scaling with 2-fold cross-fitting.
+    pub nll_after_crossfit: f64,
 }
 
 /// The JSON stored under [`META_KEY`]: the [`ModelCard`] plus what the writer adds.

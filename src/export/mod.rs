@@ -16,10 +16,10 @@ mod preprocess;
 
 pub use onnx::export_onnx;
 pub use build::{BuildFn, LoadedModel, build_model, load_model, register_arch};
-pub use file::{ModelFile, ModelFileError, read_model_file, read_model_meta};
+pub use file::{ModelFile, ModelFileError, model_file_from_bytes, model_meta_from_bytes, read_model_file, read_model_meta};
 pub use meta::{
-    ArchSpec, FORMAT_CHECKPOINT, FORMAT_KEY, FORMAT_MODEL, FORMAT_VERSION, InferenceTransforms, META_KEY, ModelCard,
-    ModelMeta, TrainingSummary, VERSION_KEY, utc_now_iso8601,
+    Activation, ArchSpec, Calibration, FORMAT_CHECKPOINT, FORMAT_KEY, FORMAT_MODEL, FORMAT_VERSION, InferenceTransforms, META_KEY, ModelCard,
+    ModelMeta, OutputSpec, TrainingSummary, VERSION_KEY, utc_now_iso8601,
 };
 
 pub(crate) use predictor::argmax;

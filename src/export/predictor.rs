@@ -2,7 +2,7 @@
 //! `Learner.tta` over files).
 
 use super::build::load_model;
-use super::meta::ModelMeta;
+use super::meta::{Activation, ModelMeta};
 use super::preprocess::{item_tfm, to_batch};
 use crate::data::ItemTfm;
 use crate::data::decode::decode_rgb;
@@ -23,14 +23,28 @@ pub struct Prediction {
     pub label: String,
     /// Its index in the vocabulary.
     pub index: usize,
-    /// Softmax probabilities of every class, vocabulary order (sum 1).
+    /// Probabilities of every class, vocabulary order: softmax (sum 1), or for a
+    /// multi-label model one sigmoid per label (each in [0, 1]).
     pub probs: Vec<f32>,
+    /// Multi-label models: the indices of every label whose probability is above the
+    /// model's threshold, vocabulary order; empty = predicted as none. `None` for
+    /// single-label models.
+    pub labels: Option<Vec<usize>>,
 }
 
 impl Prediction {
-    fn from_probs(probs: Vec<f32>, vocab: &[String]) -> Self {
+    /// The prediction of `probs` with the vocabulary `vocab`; with `thresh` (multi-label)
+    /// every label above it, and `label` is those labels joined by spaces, or `none`.
+    fn from_probs(probs: Vec<f32>, vocab: &[String], thresh: Option<f64>) -> Self {
         let index = argmax(&probs);
-        Self { label: vocab[index].clone(), index, probs }
+        match thresh {
+            Some(t) => {
+                let above: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] as f64 > t).collect();
+                let label = if above.is_empty() { "none".to_owned() } else { above.iter().map(|&i| vocab[i].as_str()).collect::<Vec<_>>().join(" ") };
+                Self { label, index, probs, labels: Some(above) }
+            }
+            None => Self { label: vocab[index].clone(), index, probs, labels: None },
+        }
     }
 
     /// The `k` most probable classes as (index, probability), most probable first (ties by index).
@@ -88,12 +102,17 @@ impl Predictor {
     /// A predictor over an in-memory `model` (e.g. a Learner's) described by `meta`,
     /// on the model's device — what `load` gives for the exported file.
     ///
-    /// Errors: a vocabulary whose size differs from `meta.card.arch.n_out`; transforms
-    /// the batch stage refuses (bad statistics or augmentation parameters).
+    /// Errors: a vocabulary whose size differs from `meta.card.arch.n_out`; a calibration
+    /// temperature that is not a positive number; transforms the batch stage refuses (bad statistics or augmentation parameters).
     pub fn new(model: Box<dyn Model>, meta: ModelMeta) -> crate::Result<Self> {
         let card = &meta.card;
         if card.vocab.len() != card.arch.n_out {
             bail!("the vocabulary has {} classes but the model has {} outputs", card.vocab.len(), card.arch.n_out);
+        }
+        if let Some(c) = &card.calibration
+            && !(c.temperature.is_finite() && c.temperature > 0.0)
+        {
+            bail!("the model file's calibration temperature {} is not a positive number", c.temperature);
         }
         let device = model.var_store().device();
         let t = &card.transforms;
@@ -119,6 +138,13 @@ impl Predictor {
         &self.meta
     }
 
+    /// The multi-label decision threshold (sigmoid models; 0.5 when the file gives
+    /// none), `None` for softmax models.
+    pub fn thresh(&self) -> Option<f64> {
+        let o = &self.meta.card.output;
+        (o.activation == Activation::Sigmoid).then(|| o.thresh.unwrap_or(0.5))
+    }
+
     /// Class names, index order.
     pub fn vocab(&self) -> &[String] {
         &self.meta.card.vocab
@@ -137,7 +163,9 @@ impl Predictor {
     }
 
     /// Probabilities (N, C) `f32` on the CPU for a presized `u8` batch (N, 3, H, W): the
-    /// validation batch transform, the model in evaluation mode, softmax.
+    /// validation batch transform, the model in evaluation mode, softmax (or the sigmoid
+    /// of a multi-label model) — of the logits divided by the model file's temperature when
+    /// it has one ([`super::Calibration`]).
     ///
     /// Errors: a batch the transform or the model refuses.
     pub fn predict_batch(&self, x: &Tensor) -> crate::Result<Tensor> {
@@ -161,7 +189,15 @@ impl Predictor {
     }
 
     fn forward(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {
-        Ok(self.logits(x, tfm, train, rng)?.softmax(-1, Kind::Float))
+        let logits = self.logits(x, tfm, train, rng)?;
+        let logits = match &self.meta.card.calibration {
+            Some(c) => logits / c.temperature,
+            None => logits,
+        };
+        Ok(match self.meta.card.output.activation {
+            Activation::Softmax => logits.softmax(-1, Kind::Float),
+            Activation::Sigmoid => logits.sigmoid(),
+        })
     }
 
     /// Predicts one decoded photo (fastai `Learner.predict`): presize, validation batch
@@ -171,7 +207,7 @@ impl Predictor {
     pub fn predict_image(&self, img: &RgbImage) -> crate::Result<Prediction> {
         let x = to_batch(&[self.presize(img)?])?;
         let probs = Vec::<f32>::try_from(self.predict_batch(&x)?.flatten(0, -1))?;
-        Ok(Prediction::from_probs(probs, self.vocab()))
+        Ok(Prediction::from_probs(probs, self.vocab(), self.thresh()))
     }
 
     /// Predicts the photo at `path`. Errors: an undecodable file (naming it), or as
@@ -276,7 +312,7 @@ impl Predictor {
                     Ok(flat) => {
                         let c = flat.len() / idx.len();
                         for (k, &i) in idx.iter().enumerate() {
-                            results[i] = Some(Ok(Prediction::from_probs(flat[k * c..(k + 1) * c].to_vec(), self.vocab())));
+                            results[i] = Some(Ok(Prediction::from_probs(flat[k * c..(k + 1) * c].to_vec(), self.vocab(), self.thresh())));
                         }
                     }
                     Err(e) => {

@@ -170,6 +170,26 @@ impl ClassificationInterpretation {
             .collect()
     }
 
+    /// The items' names as shown beside them ([`distinct_names`]): the file name, with as
+    /// many parent folders as it takes to tell apart files of the same name (Caltech-101's
+    /// `accordion/image_0001.jpg` and `anchor/image_0001.jpg`).
+    pub fn item_names(&self) -> Vec<String> {
+        distinct_names(&self.items)
+    }
+
+    /// The `k` largest losses as table rows: file ([`Self::item_names`]), actual,
+    /// predicted, loss, probability of the prediction (fastai `plot_top_losses`' captions).
+    pub fn top_losses_rows(&self, k: usize) -> Vec<Vec<String>> {
+        let names = self.item_names();
+        self.top_losses(k, true).into_iter().map(|t| vec![
+            names.get(t.index).cloned().unwrap_or_default(),
+            self.vocab[t.actual].clone(),
+            self.vocab[t.predicted].clone(),
+            format!("{:.4}", t.loss),
+            format!("{:.4}", t.prob),
+        ]).collect()
+    }
+
     /// Per-class precision, recall, F1 and support with accuracy and macro / weighted
     /// averages, over every class of the vocabulary (fastai
     /// `print_classification_report`, i.e. scikit-learn's `classification_report`).
@@ -183,4 +203,35 @@ impl ClassificationInterpretation {
 pub fn preds_from_probs(probs: Tensor, targets: Tensor) -> Preds {
     let p = probs.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1).clamp_min(1e-30);
     Preds { losses: -p.log(), probs, targets }
+}
+
+/// Short names that tell `paths` apart: for each path its last `d` components joined by
+/// `/`, with the smallest `d` ≥ 1 that makes every path with the same file name distinct
+/// (so most items show just their file name, and Caltech-101's repeated `image_0001.jpg`
+/// shows as `accordion/image_0001.jpg`).
+pub fn distinct_names(paths: &[std::path::PathBuf]) -> Vec<String> {
+    use std::collections::HashMap;
+    let comps: Vec<Vec<String>> =
+        paths.iter().map(|p| p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect()).collect();
+    let tail = |c: &Vec<String>, d: usize| c[c.len().saturating_sub(d)..].join("/");
+    let mut depth = vec![1usize; paths.len()];
+    loop {
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, c) in comps.iter().enumerate() {
+            groups.entry(tail(c, depth[i])).or_default().push(i);
+        }
+        let mut changed = false;
+        for g in groups.values().filter(|g| g.len() > 1) {
+            for &i in g {
+                if depth[i] < comps[i].len() {
+                    depth[i] += 1;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    comps.iter().zip(&depth).map(|(c, &d)| tail(c, d)).collect()
 }

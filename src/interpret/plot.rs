@@ -150,7 +150,8 @@ pub fn plot_top_losses(interp: &ClassificationInterpretation, k: usize, path: &P
     let ncols = (n as f64).sqrt().ceil() as u32;
     let nrows = (n as u32).div_ceil(ncols);
     let (thumb, cap_size, pad) = (256u32, 15.0, 14u32);
-    let cap_h = (cap_size as u32 + 5) * 3;
+    let cap_h = (cap_size as u32 + 5) * 4;
+    let names = interp.item_names();
     let (cw, ch) = (thumb + 2 * pad, thumb + cap_h + pad);
     let title_h = 50;
     let (w, h) = (cw * ncols, title_h + ch * nrows);
@@ -173,7 +174,7 @@ pub fn plot_top_losses(interp: &ClassificationInterpretation, k: usize, path: &P
         let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
         let center = Pos::new(HPos::Center, VPos::Top);
         let title = ("sans-serif", 22.0).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center));
-        root.draw_text("Prediction / Actual / Loss / Probability", &title, ((w / 2) as i32, 25)).map_err(draw_err)?;
+        root.draw_text("Prediction / Actual / Loss / Probability / File", &title, ((w / 2) as i32, 25)).map_err(draw_err)?;
         let cap = ("sans-serif", cap_size).into_font().color(&BLACK).pos(center);
         for (slot, t) in top.iter().enumerate() {
             let (col, row) = (slot as u32 % ncols, slot as u32 / ncols);
@@ -182,6 +183,8 @@ pub fn plot_top_losses(interp: &ClassificationInterpretation, k: usize, path: &P
             let one = format!("{pred} / {act}");
             let mut lines = if text_width(&one, cap_size) <= thumb + pad { vec![one] } else { vec![format!("{pred} /"), act.clone()] };
             lines.push(format!("{:.2} / {:.2}", t.loss, t.prob));
+            // Which file: names repeated across classes keep their folders.
+            lines.push(names[t.index].chars().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect());
             // Bottom-aligned just above the photo.
             let mut y = (title_h + row * ch + cap_h) as i32 - lines.len() as i32 * (cap_size as i32 + 5) - 2;
             for line in &lines {

@@ -4,10 +4,14 @@
 //!
 //! File format: one libtorch archive (`Tensor::save_multi`) holding the model variables
 //! (`model.<name>`, parameters and BatchNorm buffers), the optimizer state (`opt.…`) and
-//! a JSON header (`meta`, UTF-8 bytes as a `u8` tensor) with the [`Position`] and the seed.
-//! Written atomically (temporary file + rename).
+//! a JSON header (`meta`, UTF-8 bytes as a `u8` tensor) with the [`Position`], the seed and
+//! the [`Recorder`](crate::callbacks::Recorder) of the current phase (so that a resumed run
+//! draws the whole loss curve and reports the same table). Written atomically (temporary
+//! file + rename): a crash, `kill -9` or a full disk while writing leaves the previous
+//! checkpoint as it was. A truncated or damaged file is refused with an error naming it.
 
 use super::Learner;
+use crate::callbacks::Recorder;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -40,6 +44,9 @@ struct Meta {
     format: String,
     position: Option<Position>,
     seed: Option<u64>,
+    /// SHA-256 of every other entry ([`content_sha256`]); absent in older checkpoints.
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 const FORMAT: &str = "kestrel-checkpoint-1";
@@ -62,6 +69,14 @@ impl Learner {
                    train_pass: self.train_pass, smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v }
     }
 
+    /// The position at the end of the current epoch's training, before its validation (for
+    /// callbacks during validation: a resumed run redoes the validation).
+    pub fn position_before_validation(&self) -> Position {
+        let (c, v) = self.recorder.smooth_state();
+        Position { phase: self.phase, epoch: self.epoch, iter: self.dls.train.n_batches(), train_iter: self.train_iter,
+                   train_pass: self.train_pass.saturating_sub(1), smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v }
+    }
+
     /// fastai `save(name)`: writes model, optimizer state and `position` (None outside a
     /// fit) to `model_dir/name.pth` atomically; returns the path.
     ///
@@ -70,9 +85,11 @@ impl Learner {
         let path = self.checkpoint_path(name);
         let mut named: Vec<(String, Tensor)> = self.model_state().into_iter().map(|(k, t)| (format!("model.{k}"), t)).collect();
         named.extend(self.opt.state_tensors());
-        let meta = serde_json::to_vec(&Meta { format: FORMAT.into(), position, seed: self.seed })?;
-        named.push(("meta".into(), Tensor::from_slice(&meta)));
-        let cpu: Vec<(String, Tensor)> = named.into_iter().map(|(k, t)| (k, t.to_device(tch::Device::Cpu))).collect();
+        if position.is_some() { named.extend(recorder_tensors(&self.recorder)); }
+        let mut cpu: Vec<(String, Tensor)> = named.into_iter().map(|(k, t)| (k, t.to_device(tch::Device::Cpu))).collect();
+        let sha256 = Some(content_sha256(cpu.iter().map(|(k, t)| (k.as_str(), t)))?);
+        let meta = serde_json::to_vec(&Meta { format: FORMAT.into(), position, seed: self.seed, sha256 })?;
+        cpu.push(("meta".into(), Tensor::from_slice(&meta)));
         let mut bytes = Vec::new();
         Tensor::save_multi_to_stream(&cpu, &mut bytes).with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
         crate::util::atomic::write_atomic(&path, &bytes)?;
@@ -87,12 +104,20 @@ impl Learner {
     pub fn load(&mut self, name: &str) -> crate::Result<Option<Position>> {
         let path = self.checkpoint_path(name);
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        // libtorch's message carries a C++ backtrace: keep its first line.
         let named: HashMap<String, Tensor> = Tensor::load_multi_from_stream(std::io::Cursor::new(bytes))
-            .with_context(|| format!("{} is not a libtorch archive", path.display()))?.into_iter().collect();
+            .map_err(|e| anyhow::anyhow!("{} is not a complete kestrel checkpoint (truncated or damaged file?): {}",
+                                         path.display(), e.to_string().lines().next().unwrap_or_default()))?
+            .into_iter().collect();
         let meta = named.get("meta").with_context(|| format!("{} is not a kestrel checkpoint (no meta)", path.display()))?;
-        let meta: Vec<u8> = Vec::try_from(meta.to_kind(Kind::Uint8))?;
+        anyhow::ensure!(meta.kind() == Kind::Uint8 && meta.dim() == 1, "{}: damaged checkpoint (bad meta entry)", path.display());
+        let meta: Vec<u8> = Vec::try_from(meta)?;
         let meta: Meta = serde_json::from_slice(&meta).with_context(|| format!("{}: unreadable header", path.display()))?;
         anyhow::ensure!(meta.format == FORMAT, "{}: format {} (expected {FORMAT})", path.display(), meta.format);
+        if let Some(want) = &meta.sha256 {
+            let got = content_sha256(named.iter().filter(|(k, _)| k.as_str() != "meta").map(|(k, t)| (k.as_str(), t)))?;
+            anyhow::ensure!(&got == want, "{} is damaged: its content's SHA-256 is {got}, {want} was written", path.display());
+        }
         let dev = self.model.var_store().device();
         let model: Vec<(String, Tensor)> = named.iter().filter_map(|(k, t)| k.strip_prefix("model.").map(|n| (n.to_string(), t.to_device(dev)))).collect();
         let n_vars = self.model.var_store().variables().len();
@@ -100,6 +125,7 @@ impl Learner {
         self.set_model_state(&model).with_context(|| format!("loading {}", path.display()))?;
         self.opt.load_state_tensors(&named).with_context(|| format!("loading {}", path.display()))?;
         if meta.seed.is_some() { self.seed = meta.seed; }
+        self.resume_recorder = recorder_from(&named, self.metric_names());
         Ok(meta.position)
     }
 
@@ -114,4 +140,61 @@ impl Learner {
         self.resume = Some(pos);
         Ok(pos)
     }
+}
+
+/// The recorder's per-batch and per-epoch series as tensors (`recorder.*`; float64, so
+/// NaN losses survive), saved with a checkpoint taken during a fit.
+fn recorder_tensors(r: &Recorder) -> Vec<(String, Tensor)> {
+    let cols = r.values.first().map_or(0, Vec::len);
+    let flat: Vec<f64> = r.values.iter().flat_map(|v| v.iter().copied().chain(std::iter::repeat(f64::NAN)).take(cols)).collect();
+    let iters: Vec<i64> = r.iters.iter().map(|&i| i as i64).collect();
+    vec![
+        ("recorder.losses".into(), Tensor::from_slice(&r.losses)),
+        ("recorder.lrs".into(), Tensor::from_slice(&r.lrs)),
+        ("recorder.moms".into(), Tensor::from_slice(&r.moms)),
+        ("recorder.values".into(), Tensor::from_slice(&flat).reshape([r.values.len() as i64, cols as i64])),
+        ("recorder.iters".into(), Tensor::from_slice(&iters)),
+    ]
+}
+
+/// The recorder saved by [`recorder_tensors`], when the checkpoint has one with `names`'
+/// number of columns (older checkpoints have none: the resumed run then records from the
+/// resume point on).
+fn recorder_from(named: &HashMap<String, Tensor>, names: Vec<String>) -> Option<Recorder> {
+    let f64s = |k: &str| -> Option<Vec<f64>> {
+        let t = named.get(k)?;
+        (t.kind() == Kind::Double).then(|| Vec::<f64>::try_from(t.flatten(0, -1)).ok()).flatten()
+    };
+    let values = named.get("recorder.values")?;
+    let (rows, cols) = match values.size().as_slice() { [r, c] => (*r as usize, *c as usize), _ => return None };
+    if rows > 0 && cols != names.len() { return None; }
+    let flat = f64s("recorder.values")?;
+    let iters = named.get("recorder.iters").filter(|t| t.kind() == Kind::Int64)?;
+    let iters: Vec<usize> = Vec::<i64>::try_from(iters).ok()?.into_iter().map(|i| i.max(0) as usize).collect();
+    let mut r = Recorder::default();
+    r.losses = f64s("recorder.losses")?;
+    r.lrs = f64s("recorder.lrs")?;
+    r.moms = f64s("recorder.moms")?;
+    r.values = flat.chunks(cols.max(1)).take(rows).map(<[f64]>::to_vec).collect();
+    r.iters = iters;
+    r.metric_names = names;
+    Some(r)
+}
+
+/// SHA-256 over the entries in name order: each name, its dtype, shape and bytes.
+fn content_sha256<'a>(entries: impl Iterator<Item = (&'a str, &'a Tensor)>) -> crate::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut v: Vec<(&str, &Tensor)> = entries.collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Sha256::new();
+    for (name, t) in v {
+        let t = t.contiguous();
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, numel)?;
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", t.kind(), t.size()).as_bytes());
+        h.update(&bytes);
+    }
+    Ok(hex::encode(h.finalize()))
 }

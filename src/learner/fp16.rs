@@ -72,7 +72,7 @@ impl Learner {
     pub fn to_fp16(&mut self) -> crate::Result<()> {
         let dev = self.model.var_store().device();
         anyhow::ensure!(matches!(dev, Device::Cuda(_)),
-            "fp16 mixed precision needs a CUDA GPU, but the model is on {dev:?}; on the CPU use --bf16 \
+            "fp16 mixed precision needs a CUDA GPU, but the model is on {dev:?}; on the CPU use --precision bf16 \
              (to_bf16: bfloat16 autocast of the forward pass with float32 weights) or train in float32");
         self.precision = Precision::Fp16;
         self.scaler = Some(GradScaler::new());
@@ -97,6 +97,17 @@ impl Learner {
 
     /// fastai `to_fp32()`: back to plain float32 training.
     pub fn to_fp32(&mut self) { self.scaler = None; self.precision = Precision::Fp32; }
+
+    /// Switches to `p`: [`Learner::to_fp32`], [`Learner::to_fp16`] or [`Learner::to_bf16`].
+    ///
+    /// Errors: as those (fp16 off CUDA, bf16 without CPU autocast).
+    pub fn set_precision(&mut self, p: Precision) -> crate::Result<()> {
+        match p {
+            Precision::Fp32 => { self.to_fp32(); Ok(()) }
+            Precision::Fp16 => self.to_fp16(),
+            Precision::Bf16Cpu => self.to_bf16(),
+        }
+    }
 
     /// Stores 4-D weights and feeds input batches in channels-last layout (PyTorch
     /// `memory_format=torch.channels_last`), which is faster for convolutions on many
@@ -124,6 +135,53 @@ pub enum Precision {
     Fp16,
     /// CPU autocast to bfloat16.
     Bf16Cpu,
+}
+
+impl Precision {
+    /// The name `--precision` takes and the model file and report record: `fp32`,
+    /// `fp16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self { Precision::Fp32 => "fp32", Precision::Fp16 => "fp16", Precision::Bf16Cpu => "bf16" }
+    }
+
+    /// What `--precision auto` picks on `device`: fp16 with loss scaling on CUDA (fastai
+    /// `to_fp16`), bf16 autocast on a CPU with native bfloat16 arithmetic
+    /// ([`cpu_has_native_bf16`]), else fp32. Numerics then depend on the machine: the
+    /// choice is recorded in the model file and report.
+    pub fn auto(device: Device) -> Precision {
+        match device {
+            Device::Cuda(_) => Precision::Fp16,
+            Device::Cpu if cpu_has_native_bf16() && cpu_autocast::AVAILABLE => Precision::Bf16Cpu,
+            _ => Precision::Fp32,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.name()) }
+}
+
+/// True when this CPU computes bfloat16 natively — AVX512-BF16 or AMX-BF16 (CPUID leaf 7),
+/// with AVX-512 state enabled by the OS — so that bfloat16 autocast is faster than float32
+/// (oneDNN's bf16 kernels). Without them PyTorch emulates bfloat16 and runs slower.
+/// Always false off x86-64.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::is_x86_feature_detected!("avx512f") { return false; }
+        // SAFETY: CPUID is available on every x86-64 CPU; leaf 7 is read only when leaf 0
+        // says it exists.
+        #[allow(unused_unsafe)]
+        let (l7_0, l7_1) = unsafe {
+            if std::arch::x86_64::__cpuid(0).eax < 7 { return false; }
+            (std::arch::x86_64::__cpuid_count(7, 0), std::arch::x86_64::__cpuid_count(7, 1))
+        };
+        let avx512_bf16 = l7_1.eax & (1 << 5) != 0;
+        let amx_bf16 = l7_0.edx & (1 << 22) != 0;
+        avx512_bf16 || amx_bf16
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    { false }
 }
 
 /// Runs `f` with CPU bfloat16 autocast on (PyTorch `torch.autocast("cpu")`).

@@ -14,6 +14,12 @@ pub trait Loss: Send {
     fn decodes(&self, pred: &Tensor) -> Tensor;
     /// Short name for logs.
     fn name(&self) -> String;
+    /// Per-item losses (N) `f32`, with the graph, of logits (N, C) against class indices
+    /// (N) (fastai `NoneReduce`, used by MixUp and CutMix); `None` for losses without them.
+    fn loss_per_item(&self, pred: &Tensor, targ: &Tensor) -> Option<Tensor> {
+        let _ = (pred, targ);
+        None
+    }
 }
 
 /// fastai `CrossEntropyLossFlat`: `F.cross_entropy` over logits (N, C) and class indices (N) `i64`,
@@ -29,6 +35,10 @@ impl Loss for CrossEntropyLossFlat {
     fn activation(&self, pred: &Tensor) -> Tensor { pred.softmax(-1, Kind::Float) }
     fn decodes(&self, pred: &Tensor) -> Tensor { pred.argmax(-1, false) }
     fn name(&self) -> String { "CrossEntropyLossFlat".into() }
+    fn loss_per_item(&self, pred: &Tensor, targ: &Tensor) -> Option<Tensor> {
+        Some(pred.reshape([-1, pred.size()[pred.dim() - 1]])
+            .cross_entropy_loss::<Tensor>(&targ.reshape([-1]), None, Reduction::None, -100, 0.0))
+    }
 }
 
 /// fastai `LabelSmoothingCrossEntropyFlat(eps)` (Szegedy et al. 2016, "Rethinking the
@@ -55,6 +65,13 @@ impl Loss for LabelSmoothingCrossEntropy {
     fn activation(&self, pred: &Tensor) -> Tensor { pred.softmax(-1, Kind::Float) }
     fn decodes(&self, pred: &Tensor) -> Tensor { pred.argmax(-1, false) }
     fn name(&self) -> String { format!("LabelSmoothingCrossEntropy(eps={})", self.eps) }
+    fn loss_per_item(&self, pred: &Tensor, targ: &Tensor) -> Option<Tensor> {
+        let c = pred.size()[pred.dim() - 1];
+        let log_preds = pred.reshape([-1, c]).log_softmax(1, Kind::Float);
+        let smooth = -log_preds.sum_dim_intlist(1, false, Kind::Float);
+        let nll = log_preds.g_nll_loss::<Tensor>(&targ.reshape([-1]), None, Reduction::None, -100);
+        Some(smooth * (self.eps / c as f64) + nll * (1.0 - self.eps))
+    }
 }
 
 /// fastai `BCEWithLogitsLossFlat(thresh=0.5)` for multi-label targets: logits (N, C) and

@@ -2,6 +2,7 @@
 //! callbacks, and the training loop with fastai's events, `fit`, `fit_one_cycle`,
 //! `fine_tune`, freezing and discriminative learning rates.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod fp16;
 pub mod loss;
@@ -12,13 +13,14 @@ pub mod schedule;
 mod training;
 pub mod vision;
 
+pub use budget::{TimeBudget, parse_duration};
 pub use checkpoint::Position;
 pub use fp16::{GradScaler, Precision};
 pub use loss::{BCEWithLogitsLossFlat, CrossEntropyLossFlat, LabelSmoothingCrossEntropy, Loss};
 pub use lr_find::{LrFindOptions, LrFindResult, Suggestion};
 pub use optim::{Hypers, OptKind, OptParam, Optimizer};
 pub use schedule::{Lr, OneCycle, Sched, combined_cos, even_mults};
-pub use vision::{model_normalize, vision_batch_tfms, vision_learner};
+pub use vision::{model_normalize, vision_aug_batch_tfms, vision_batch_tfms, vision_learner};
 
 use crate::callbacks::{Callback, Recorder};
 use crate::data::DataLoaders;
@@ -84,7 +86,8 @@ pub struct Learner {
     /// Precision of the forward pass (see [`Learner::to_fp16`], [`Learner::to_bf16`]).
     pub precision: Precision,
 
-    /// Number of epochs of the current fit.
+    /// Number of epochs of the current fit; a callback may change it during the fit (the
+    /// schedule then follows the new length; see [`Learner::fine_tune_for`]).
     pub n_epoch: usize,
     /// Current epoch (0-based, within the current fit).
     pub epoch: usize,
@@ -121,6 +124,8 @@ pub struct Learner {
     pub resume: Option<Position>,
     pub(crate) sched: LrSchedule,
     pub(crate) skip_batches: usize,
+    /// The recorder saved with the checkpoint being resumed (see [`Learner::load`]).
+    pub(crate) resume_recorder: Option<Recorder>,
 }
 
 impl Learner {
@@ -138,6 +143,7 @@ impl Learner {
             n_epoch: 0, epoch: 0, n_iter: 0, iter: 0, train_iter: 0, pct_train: 0.0, training: false,
             phase: 0, train_pass: 0, xb: None, yb: None, pred: None, loss_grad: None, loss: f64::NAN,
             smooth_loss: f64::NAN, stop_reason: None, resume: None, sched: LrSchedule::Constant, skip_batches: 0,
+            resume_recorder: None,
         })
     }
 

@@ -207,13 +207,21 @@ impl Optimizer {
         for p in self.groups.iter_mut().flatten() {
             let step = named.get(&format!("opt.{}.step", p.name))
                 .with_context(|| format!("checkpoint has no optimizer state for parameter {}", p.name))?;
-            p.step = step.int64_value(&[]);
+            p.step = step.f_int64_value(&[]).with_context(|| format!("damaged optimizer step of parameter {}", p.name))?;
             let dev = p.tensor.device();
-            p.grad_avg = named.get(&format!("opt.{}.grad_avg", p.name)).map(|t| t.to_device(dev));
-            p.sqr_avg = named.get(&format!("opt.{}.sqr_avg", p.name)).map(|t| t.to_device(dev));
+            let state = |what: &str| -> crate::Result<Option<Tensor>> {
+                let Some(t) = named.get(&format!("opt.{}.{what}", p.name)) else { return Ok(None) };
+                if t.size() != p.tensor.size() {
+                    bail!("damaged optimizer state: {what} of {} has shape {:?}, the parameter {:?}", p.name, t.size(), p.tensor.size());
+                }
+                Ok(Some(t.to_device(dev)))
+            };
+            let (g, s) = (state("grad_avg")?, state("sqr_avg")?);
+            p.grad_avg = g;
+            p.sqr_avg = s;
         }
         if let Some(f) = named.get("opt.frozen_idx") {
-            self.freeze_to(f.int64_value(&[]) as isize);
+            self.freeze_to(f.f_int64_value(&[]).context("damaged opt.frozen_idx")? as isize);
         }
         Ok(())
     }

@@ -53,6 +53,7 @@ impl Learner {
                 self.train_pass = r.train_pass;
                 self.train_iter = r.train_iter;
                 self.smooth_loss = r.smooth_loss;
+                if let Some(rec) = self.resume_recorder.take() { self.recorder = rec; }
                 self.recorder.restore_smooth(r.smooth_count, r.smooth_val);
                 self.skip_batches = r.iter;
                 r.epoch
@@ -60,12 +61,15 @@ impl Learner {
             None => 0,
         };
         let res = self.with_events(Event::BeforeFit, Event::AfterFit, Cancel::Fit, |l| {
-            for epoch in start..l.n_epoch {
+            // `while`, not `for`: callbacks may change `n_epoch` during the fit (the time budget).
+            let mut epoch = start;
+            while epoch < l.n_epoch {
                 l.epoch = epoch;
                 l.with_events(Event::BeforeEpoch, Event::AfterEpoch, Cancel::Epoch, |l| {
                     l.do_epoch_train()?;
                     l.do_epoch_validate()
                 })?;
+                epoch += 1;
             }
             Ok(())
         });
@@ -247,7 +251,9 @@ impl Learner {
     fn check_sweep(&mut self) -> crate::Result<()> {
         if let LrSchedule::Sweep { num_it, stop_div, best, .. } = &mut self.sched {
             if self.smooth_loss < *best { *best = self.smooth_loss; }
-            if (self.smooth_loss > 4.0 * *best && *stop_div) || self.train_iter >= *num_it || self.smooth_loss.is_nan() {
+            // SIGINT/SIGTERM ends the sweep too (lr_find then restores the weights).
+            let interrupted = crate::callbacks::interrupt_requested();
+            if (self.smooth_loss > 4.0 * *best && *stop_div) || self.train_iter >= *num_it || self.smooth_loss.is_nan() || interrupted {
                 return Err(Cancel::Fit.into());
             }
         }

@@ -6,7 +6,7 @@ use super::{CrossEntropyLossFlat, Learner};
 use crate::metrics::error_rate;
 use crate::models::weights::load_state_dict;
 use crate::models::{Arch, Meta, VisionModel};
-use crate::transforms::{BatchTfms, Normalize, aug_transforms};
+use crate::transforms::{AugTransforms, BatchTfms, Normalize, aug_transforms};
 use anyhow::Context;
 use std::path::Path;
 
@@ -27,7 +27,16 @@ pub fn model_normalize(meta: &Meta) -> crate::Result<Normalize> {
 ///
 /// Errors: `size` ≤ 0 or `min_scale` outside (0, 1].
 pub fn vision_batch_tfms(arch: Arch, size: i64, min_scale: f64) -> crate::Result<BatchTfms> {
-    let aug = aug_transforms().with_size(size).with_min_scale(min_scale);
+    vision_aug_batch_tfms(arch, aug_transforms().with_size(size).with_min_scale(min_scale))
+}
+
+/// fastai `batch_tfms=[*aug, Normalize.from_stats(*stats)]` with any [`AugTransforms`]
+/// (e.g. from the command line's `AugOpts`) and `arch`'s own statistics; the output side
+/// is `aug.size`.
+///
+/// Errors: `aug.size` unset, or a parameter out of range (named).
+pub fn vision_aug_batch_tfms(arch: Arch, aug: AugTransforms) -> crate::Result<BatchTfms> {
+    let size = aug.size.context("the batch augmentation needs an output size (aug_transforms(size=...))")?;
     BatchTfms::new(Some(aug), size, model_normalize(&arch.meta())?)
 }
 

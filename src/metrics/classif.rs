@@ -25,6 +25,21 @@ impl Counts {
             if a == b { e.0 += 1; }
         }
     }
+    /// (tp, predicted, true) of classes 0..=max present, flattened.
+    fn sums(&self) -> Vec<f64> {
+        let n = self.per_class.keys().next_back().map_or(0, |&k| k.max(-1) + 1) as usize;
+        let mut v = vec![0.0; 3 * n];
+        for (&k, &(tp, np, nt)) in &self.per_class {
+            if k >= 0 { v[3 * k as usize..3 * k as usize + 3].copy_from_slice(&[tp as f64, np as f64, nt as f64]); }
+        }
+        v
+    }
+    fn set_sums(&mut self, s: &[f64]) -> crate::Result<()> {
+        anyhow::ensure!(s.len() % 3 == 0, "{} class counts are not triples", s.len());
+        self.per_class = s.chunks(3).enumerate().filter(|(_, c)| c[1] + c[2] > 0.0)
+            .map(|(k, c)| (k as i64, (c[0].round() as u64, c[1].round() as u64, c[2].round() as u64))).collect();
+        Ok(())
+    }
     fn macro_avg(&self, f: impl Fn(f64, f64, f64) -> f64) -> f64 {
         if self.per_class.is_empty() { return f64::NAN; }
         let s: f64 = self.per_class.values().map(|&(tp, np, nt)| f(tp as f64, np as f64, nt as f64)).sum();
@@ -48,6 +63,8 @@ macro_rules! macro_metric {
             fn reset(&mut self) { self.counts = Counts::default(); }
             fn accumulate(&mut self, pred: &Tensor, targ: &Tensor) { self.counts.add(pred, targ); }
             fn value(&self) -> f64 { self.counts.macro_avg($f) }
+            fn sums(&self) -> Option<Vec<f64>> { Some(self.counts.sums()) }
+            fn set_sums(&mut self, s: &[f64]) -> crate::Result<()> { self.counts.set_sums(s) }
         }
     };
 }

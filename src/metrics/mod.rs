@@ -2,11 +2,14 @@
 //! - per-batch functions averaged over the epoch weighted by batch size (fastai `AvgMetric`):
 //!   [`error_rate`], [`accuracy`], [`top_k_accuracy`], [`accuracy_multi`];
 //! - whole-epoch metrics computed once from all predictions (fastai `AccumMetric` wrapping
-//!   scikit-learn): [`F1Score`], [`Precision`], [`Recall`] with macro averaging.
+//!   scikit-learn): [`F1Score`], [`Precision`], [`Recall`] with macro averaging, and
+//!   [`F1ScoreMulti`] (multi-label, averaged over samples).
 
 mod classif;
+mod multi;
 
 pub use classif::{F1Score, Precision, Recall};
+pub use multi::{F1ScoreMulti, f1_per_sample};
 
 use tch::{Kind, Tensor};
 
@@ -21,6 +24,15 @@ pub trait Metric: Send {
     fn accumulate(&mut self, pred: &Tensor, targ: &Tensor);
     /// The epoch's value (NaN when nothing was accumulated).
     fn value(&self) -> f64;
+    /// The accumulated state as numbers that add up over data-parallel ranks (sums and
+    /// counts, possibly of different lengths per rank: the shorter are padded with zeros),
+    /// or `None` when the metric cannot be reduced that way.
+    fn sums(&self) -> Option<Vec<f64>> { None }
+    /// Replaces the state by `sums`, [`Metric::sums`] added over the ranks.
+    /// Errors: the metric has no summable state, or `sums` does not fit it.
+    fn set_sums(&mut self, sums: &[f64]) -> crate::Result<()> {
+        anyhow::bail!("metric {} cannot be reduced across ranks ({} sums given)", self.name(), sums.len())
+    }
 }
 
 /// A per-batch metric function averaged over an epoch, weighted by batch size (fastai `AvgMetric`).
@@ -47,6 +59,13 @@ impl Metric for AvgMetric {
         self.count += bs;
     }
     fn value(&self) -> f64 { if self.count == 0 { f64::NAN } else { self.total / self.count as f64 } }
+    fn sums(&self) -> Option<Vec<f64>> { Some(vec![self.total, self.count as f64]) }
+    fn set_sums(&mut self, sums: &[f64]) -> crate::Result<()> {
+        anyhow::ensure!(sums.len() == 2, "metric {}: 2 sums expected, {} given", self.name, sums.len());
+        self.total = sums[0];
+        self.count = sums[1].round() as i64;
+        Ok(())
+    }
 }
 
 /// fastai `accuracy`: fraction of rows whose argmax over logits (N, C) equals the target (N).

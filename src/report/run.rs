@@ -12,7 +12,8 @@ pub struct RunFiles {
     pub out: PathBuf,
     /// Settings of the run, in display order.
     pub settings: Vec<(String, String)>,
-    /// Final validation error rate, in [0, 1].
+    /// Final validation error rate, in [0, 1]; NaN for multi-label runs (their F1 and
+    /// accuracy_multi are in `settings`).
     pub error_rate: f64,
     /// Wall time of `fine_tune`, seconds.
     pub fit_secs: f64,
@@ -27,7 +28,7 @@ pub const RUN_IMAGES: [(&str, &str); 5] = [
     ("lr_find.png", "Learning-rate finder (lr_find)"),
     ("loss.png", "Training and validation loss (plot_loss)"),
     ("confusion_matrix.png", "Confusion matrix of the validation set (plot_confusion_matrix)"),
-    ("top_losses.png", "Top losses: predicted / actual / loss / probability (plot_top_losses)"),
+    ("top_losses.png", "Top losses: predicted / actual / loss / probability / file (plot_top_losses)"),
 ];
 
 /// Writes `out/report.html`: the settings, the final error rate and time, one table per
@@ -38,7 +39,9 @@ pub const RUN_IMAGES: [(&str, &str); 5] = [
 pub fn write_run_report(run: &RunFiles) -> crate::Result<()> {
     let mut r = Report::new("kestrel fine-tune");
     r.settings = run.settings.clone();
-    r.settings.push(("final error_rate".into(), format!("{:.4}", run.error_rate)));
+    if !run.error_rate.is_nan() {
+        r.settings.push(("final error_rate".into(), format!("{:.4}", run.error_rate)));
+    }
     r.settings.push(("fine_tune time".into(), crate::callbacks::format_time(run.fit_secs)));
     let csv_path = run.out.join("metrics.csv");
     let csv = std::fs::read_to_string(&csv_path).with_context(|| format!("cannot read {}", csv_path.display()))?;

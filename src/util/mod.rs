@@ -1,10 +1,12 @@
 //! Small shared helpers: seeded random numbers, devices, cache folders, atomic writes,
-//! downloads.
+//! downloads, the process's allocator and resource usage.
 
+pub mod alloc;
 pub mod atomic;
 pub mod device;
 pub mod download;
 pub mod rng;
+pub mod rusage;
 pub mod testdata;
 pub mod threads;
 pub mod untar;

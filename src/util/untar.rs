@@ -92,8 +92,26 @@ fn archive_stem(file: &str) -> &str {
 /// target is kept as it is. Returns the target.
 ///
 /// Errors: unreadable or damaged archive; an entry whose path or link target leaves the
-/// target folder (absolute or with `..`), which is refused.
+/// target folder (absolute or with `..`), which is refused; more data than
+/// [`max_extracted_bytes`] allows (a decompression bomb); nothing is left behind then.
 pub fn extract_tgz(archive: &Path, dest_dir: &Path) -> crate::Result<PathBuf> {
+    let size = std::fs::metadata(archive).with_context(|| format!("cannot open {}", archive.display()))?.len();
+    extract_tgz_limited(archive, dest_dir, max_extracted_bytes(size))
+}
+
+/// The most bytes [`extract_tgz`] writes from an archive of `archive_bytes` bytes: 1 GiB or
+/// 32 times the archive, whichever is more. Photos do not compress (Oxford-IIIT Pet:
+/// 800 MB either way), while a gzip bomb inflates about 1000 times. Each entry counts its
+/// 512-byte header too, so a bomb of millions of empty files is caught as well.
+pub fn max_extracted_bytes(archive_bytes: u64) -> u64 {
+    (archive_bytes.saturating_mul(32)).max(1 << 30)
+}
+
+/// [`extract_tgz`] with an explicit bound `max_bytes` on the extracted size (entry headers
+/// of 512 bytes included).
+///
+/// Errors: as [`extract_tgz`].
+pub fn extract_tgz_limited(archive: &Path, dest_dir: &Path, max_bytes: u64) -> crate::Result<PathBuf> {
     std::fs::create_dir_all(dest_dir)
         .with_context(|| format!("cannot create folder {}", dest_dir.display()))?;
     let name = archive
@@ -116,8 +134,16 @@ pub fn extract_tgz(archive: &Path, dest_dir: &Path) -> crate::Result<PathBuf> {
             archive.display()
         )
     };
+    let mut total: u64 = 0;
     for entry in tar.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
+        total = total.saturating_add(512).saturating_add(entry.header().size().unwrap_or(u64::MAX));
+        if total > max_bytes {
+            bail!(
+                "{}: refusing to extract more than {max_bytes} bytes (a decompression bomb, or a damaged archive)",
+                archive.display()
+            );
+        }
         let path = entry.path().map_err(damaged)?.into_owned();
         let kind = entry.header().entry_type();
         let link = entry.link_name().map_err(damaged)?.map(|l| l.into_owned());

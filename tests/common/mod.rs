@@ -35,6 +35,8 @@ pub fn onnx_bytes() -> Vec<u8> {
                 augment: None,
             },
             training: None,
+            output: Default::default(),
+            calibration: None,
         },
         kestrel_version: "test".into(),
         weights_sha256: String::new(),

@@ -4,6 +4,84 @@ use anyhow::{Context, bail};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Limits on what an image file may make the decoder allocate, checked against the size the
+/// header declares before any pixel is decoded (a 74-byte PNG may declare 100,000 × 100,000
+/// pixels, 30 GB of RGB).
+///
+/// image 0.25's `into_decoder()` + `DynamicImage::from_decoder` path does not reserve its
+/// `Limits::max_alloc`, so these checks are kestrel's own ([`check_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest width × height accepted; 0 for no limit. Default 178,956,970: the size at
+    /// which PIL raises `DecompressionBombError` (twice `Image.MAX_IMAGE_PIXELS`), so every
+    /// image fastai opens opens here too, a 100-megapixel photo included.
+    pub max_pixels: u64,
+    /// Largest ratio of decoded bytes (as stored: width × height × bytes per pixel) to the
+    /// file's size, checked only when the decoded image is above 8 MiB; 0 for no limit.
+    /// Default 250: photos compress 2–20×, while a deflate bomb (a 420 KB PNG of one
+    /// colour that inflates to 432 MB) reaches deflate's maximum of about 1000×, and a
+    /// 2 KB JPEG found by fuzzing declares 225 × 65,324 pixels (42 MiB, over a second to
+    /// decode).
+    pub max_ratio: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits { max_pixels: DEFAULT_MAX_PIXELS, max_ratio: DEFAULT_MAX_RATIO }
+    }
+}
+
+/// Default of [`ImageLimits::max_pixels`] (PIL's `DecompressionBombError` threshold).
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+/// Default of [`ImageLimits::max_ratio`].
+pub const DEFAULT_MAX_RATIO: u64 = 250;
+/// Decoded size above which [`ImageLimits::max_ratio`] is checked (8 MiB: smaller images
+/// decode in milliseconds whatever their file size).
+const RATIO_CHECKED_ABOVE: u64 = 8 << 20;
+
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
+static MAX_RATIO: AtomicU64 = AtomicU64::new(DEFAULT_MAX_RATIO);
+
+/// Sets the limits every later decode in this process uses (the CLI's
+/// `--max-image-pixels` and `--max-image-ratio`, read by training, `check-data` and
+/// `predict` alike).
+pub fn set_limits(l: ImageLimits) {
+    MAX_PIXELS.store(l.max_pixels, Ordering::Relaxed);
+    MAX_RATIO.store(l.max_ratio, Ordering::Relaxed);
+}
+
+/// The limits in force (see [`set_limits`]).
+pub fn limits() -> ImageLimits {
+    ImageLimits { max_pixels: MAX_PIXELS.load(Ordering::Relaxed), max_ratio: MAX_RATIO.load(Ordering::Relaxed) }
+}
+
+/// Checks a header's declared `width` × `height` and decoded size `decoded_bytes` against
+/// `limits`, for a file of `file_bytes` bytes. Self-contained (no decoder needed) so that
+/// a header can be judged before anything is allocated for its pixels.
+///
+/// Errors: more pixels than `max_pixels`; a decoded size above 8 MiB that is more than
+/// `max_ratio` times the file (a decompression bomb). The message names both numbers and
+/// the option that changes the limit.
+pub fn check_limits(width: u32, height: u32, decoded_bytes: u64, file_bytes: u64, limits: ImageLimits) -> crate::Result<()> {
+    let pixels = width as u64 * height as u64;
+    if limits.max_pixels > 0 && pixels > limits.max_pixels {
+        bail!(
+            "the image declares {width} × {height} = {pixels} pixels, more than the limit of {} \
+             (a decompression bomb, or raise --max-image-pixels)",
+            limits.max_pixels
+        );
+    }
+    if limits.max_ratio > 0 && decoded_bytes > RATIO_CHECKED_ABOVE && decoded_bytes > limits.max_ratio.saturating_mul(file_bytes) {
+        bail!(
+            "the image ({width} × {height}) would decode to {decoded_bytes} bytes from a file of {file_bytes} bytes, \
+             a ratio above the limit of {} (a decompression bomb, or raise --max-image-ratio)",
+            limits.max_ratio
+        );
+    }
+    Ok(())
+}
 
 /// What decoding found out about a file, for `summary`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +103,8 @@ pub struct DecodeInfo {
 /// scaled to 8-bit, CMYK/YCCK JPEGs converted by the JPEG decoder).
 ///
 /// Errors (all naming the file): unreadable, empty (0 bytes), content of no known image
-/// format, corrupt or truncated data. A JPEG cut short is refused as PIL refuses it ("image
+/// format, corrupt or truncated data, a size above the [`ImageLimits`] in force (checked
+/// from the header, before decoding). A JPEG cut short is refused as PIL refuses it ("image
 /// file is truncated"), where the JPEG decoder alone would fill the missing part with grey.
 pub fn decode_rgb(path: &Path) -> crate::Result<RgbImage> {
     decode_with_info(path).map(|(img, _)| img)
@@ -88,6 +167,7 @@ pub fn decode_bytes_limited(bytes: &[u8], limits: &DecodeLimits) -> crate::Resul
     if pixels == 0 {
         bail!("the image is {} x {} pixels: nothing to predict", stored_size.0, stored_size.1);
     }
+    check_limits(stored_size.0, stored_size.1, dec.total_bytes(), bytes.len() as u64, crate::decode::limits())?;
     let color = format!("{:?}", dec.original_color_type());
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(dec).with_context(|| format!("corrupt or truncated {format:?} data"))?;

@@ -14,6 +14,8 @@ pub struct ImageFiles {
     pub files: Vec<PathBuf>,
     /// Number of other files that were ignored (e.g. the `.mat` files of the Oxford folder).
     pub n_ignored: usize,
+    /// The ignored files, sorted (reported by `check-data` and the data warnings).
+    pub ignored: Vec<PathBuf>,
 }
 
 /// True when `path` has one of [`IMAGE_EXTENSIONS`] (any letter case).
@@ -32,9 +34,10 @@ pub fn get_image_files(path: &Path, recurse: bool) -> crate::Result<ImageFiles> 
     if !path.is_dir() {
         bail!("{} is not a folder (get_image_files needs the folder that holds the images)", path.display());
     }
-    let mut out = ImageFiles { files: Vec::new(), n_ignored: 0 };
+    let mut out = ImageFiles { files: Vec::new(), n_ignored: 0, ignored: Vec::new() };
     walk(path, recurse, &mut out)?;
     out.files.sort();
+    out.ignored.sort();
     Ok(out)
 }
 
@@ -56,6 +59,7 @@ fn walk(dir: &Path, recurse: bool, out: &mut ImageFiles) -> crate::Result<()> {
             out.files.push(p);
         } else {
             out.n_ignored += 1;
+            out.ignored.push(p);
         }
     }
     Ok(())

@@ -41,7 +41,8 @@ pub const IR_VERSION: i64 = 8;
 pub const INPUT: &str = "image";
 /// Name of the output with the logits (N, C) `f32`.
 pub const LOGITS: &str = "logits";
-/// Name of the output with the softmax probabilities (N, C) `f32`.
+/// Name of the output with the probabilities (N, C) `f32`: softmax of the logits divided by
+/// the calibration temperature, or the sigmoid of a multi-label model.
 pub const PROBS: &str = "probs";
 
 /// What a client does before feeding `image`, as stored under the `preprocess` key.
@@ -79,7 +80,20 @@ pub fn onnx_model(model: &dyn Model, meta: &ModelMeta) -> crate::Result<ModelPro
     let x = e.preprocess(INPUT, presize, size, &map, valid.sampling(), t.mean, t.std)?;
     let x = e.body(arch, &x, size)?;
     e.head(&x, LOGITS)?;
-    g.node("Softmax", &[LOGITS], vec![("axis", graph::Attr::Int(-1))], Some(PROBS));
+    // `probs` as kestrel's Predictor computes them: the logits divided by the calibration
+    // temperature when the model file has one, then softmax (or the sigmoid of a
+    // multi-label model, whose threshold travels in the metadata).
+    let scaled = match &card.calibration {
+        Some(c) => {
+            let t = g.float("temperature", &[], &[c.temperature as f32]);
+            g.node("Div", &[LOGITS, &t], vec![], None)
+        }
+        None => LOGITS.to_string(),
+    };
+    match card.output.activation {
+        crate::export::Activation::Softmax => g.node("Softmax", &[&scaled], vec![("axis", graph::Attr::Int(-1))], Some(PROBS)),
+        crate::export::Activation::Sigmoid => g.node("Sigmoid", &[&scaled], vec![], Some(PROBS)),
+    };
     let n = card.vocab.len() as i64;
     let graph = g.finish(
         "kestrel",

@@ -4,7 +4,13 @@
 //! tensors and their storages; it never imports or calls anything. `GLOBAL` opcodes are
 //! checked against a short whitelist (`collections.OrderedDict`, the `torch._utils`
 //! tensor rebuilders, `torch.*Storage`, `torch.device`, torch dtypes); any other class is
-//! refused with an error that names it. Follows the opcode definitions of CPython's
+//! refused with an error that names it.
+//!
+//! Resource limits: containers refer to their items by id, so the interpreter never
+//! recurses and builds nothing larger than the program; the object heap, the stack and the
+//! memo hold at most [`MAX_OBJECTS`] entries each, MARKs nest at most [`MAX_DEPTH`] deep and
+//! a tensor has at most [`MAX_DIMS`] dimensions, so a hostile pickle can neither exhaust
+//! memory nor make the work quadratic. Follows the opcode definitions of CPython's
 //! `Lib/pickletools.py` (protocols 0–5, binary opcodes) and the tensor layout of
 //! `torch/_utils.py` (`_rebuild_tensor_v2`, `_rebuild_tensor_v3`, `_rebuild_parameter`).
 
@@ -41,14 +47,24 @@ pub enum Value {
     /// A whitelisted class or function, e.g. `torch._utils._rebuild_tensor_v2`.
     Global(String),
     /// A storage from a persistent id.
-    Storage(StorageRef),
+    Storage(Box<StorageRef>),
     /// A tensor from one of the `_rebuild_tensor*` functions.
-    Tensor(TensorRef),
+    Tensor(Box<TensorRef>),
     /// A torch dtype (`torch.float16`), an argument of `_rebuild_tensor_v3`.
     Dtype(Kind),
     /// The position of a MARK opcode on the stack (internal).
     Mark,
 }
+
+/// Most objects (heap entries), stack entries and memo entries one pickle may make: a
+/// ResNet-152 state dict needs about 10,000 objects; 4 Mi objects take 128 MiB.
+pub const MAX_OBJECTS: usize = 1 << 22;
+/// Most MARKs open at once (nesting depth of tuples, lists and dicts being built); a
+/// state dict nests 4 deep.
+pub const MAX_DEPTH: usize = 1000;
+/// Most dimensions of a tensor (PyTorch's own limit for most operations is 64... and
+/// `torch.save` files never come close).
+pub const MAX_DIMS: usize = 64;
 
 /// Runs a pickle program over `data` and keeps the objects it builds.
 pub struct Unpickler<'a> {
@@ -58,6 +74,8 @@ pub struct Unpickler<'a> {
     pub heap: Vec<Value>,
     stack: Vec<Id>,
     memo: HashMap<u64, Id>,
+    /// MARKs on the stack.
+    depth: usize,
 }
 
 impl<'a> Unpickler<'a> {
@@ -69,6 +87,7 @@ impl<'a> Unpickler<'a> {
             heap: Vec::new(),
             stack: Vec::new(),
             memo: HashMap::new(),
+            depth: 0,
         }
     }
 
@@ -85,6 +104,7 @@ impl<'a> Unpickler<'a> {
     pub fn load(&mut self) -> crate::Result<Id> {
         self.stack.clear();
         self.memo.clear();
+        self.depth = 0;
         loop {
             let at = self.pos;
             let op = self
@@ -135,9 +155,25 @@ impl<'a> Unpickler<'a> {
         self.pos += n + 1;
         Ok(s)
     }
-    fn push(&mut self, v: Value) {
+    fn push(&mut self, v: Value) -> crate::Result<()> {
+        if self.heap.len() >= MAX_OBJECTS {
+            bail!("the pickle builds more than {MAX_OBJECTS} objects (a state dict needs far fewer)");
+        }
+        if matches!(v, Value::Mark) {
+            if self.depth >= MAX_DEPTH {
+                bail!("the pickle nests containers more than {MAX_DEPTH} deep");
+            }
+            self.depth += 1;
+        }
         self.heap.push(v);
-        self.stack.push(self.heap.len() - 1);
+        self.push_id(self.heap.len() - 1)
+    }
+    fn push_id(&mut self, id: Id) -> crate::Result<()> {
+        if self.stack.len() >= MAX_OBJECTS {
+            bail!("the pickle's stack grows beyond {MAX_OBJECTS} entries");
+        }
+        self.stack.push(id);
+        Ok(())
     }
     fn pop(&mut self) -> crate::Result<Id> {
         self.stack.pop().context("the pickle's stack is empty")
@@ -157,21 +193,23 @@ impl<'a> Unpickler<'a> {
             .context("no MARK on the stack")?;
         let items = self.stack.split_off(m + 1);
         self.stack.pop();
+        self.depth = self.depth.saturating_sub(1);
         Ok(items)
     }
     fn str_of(&mut self, n: usize) -> crate::Result<()> {
         let b = self.take(n)?;
         let s = std::str::from_utf8(b).context("a string is not valid UTF-8")?;
-        self.push(Value::Str(s.to_owned()));
-        Ok(())
+        self.push(Value::Str(s.to_owned()))
     }
     fn bytes_of(&mut self, n: usize) -> crate::Result<()> {
         let b = self.take(n)?.to_vec();
-        self.push(Value::Bytes(b));
-        Ok(())
+        self.push(Value::Bytes(b))
     }
     fn memo_put(&mut self, key: u64) -> crate::Result<()> {
         let top = self.top()?;
+        if self.memo.len() >= MAX_OBJECTS && !self.memo.contains_key(&key) {
+            bail!("the pickle's memo grows beyond {MAX_OBJECTS} entries");
+        }
         self.memo.insert(key, top);
         Ok(())
     }
@@ -180,8 +218,7 @@ impl<'a> Unpickler<'a> {
             .memo
             .get(&key)
             .with_context(|| format!("memo entry {key} does not exist"))?;
-        self.stack.push(id);
-        Ok(())
+        self.push_id(id)
     }
     fn global(&mut self, module: &str, name: &str) -> crate::Result<()> {
         if !whitelisted(module, name) {
@@ -194,8 +231,7 @@ impl<'a> Unpickler<'a> {
             ("torch", _, Some(k)) => Value::Dtype(k),
             _ => Value::Global(format!("{module}.{name}")),
         };
-        self.push(v);
-        Ok(())
+        self.push(v)
     }
     fn dict_set(&mut self, dict: Id, pairs: &[Id]) -> crate::Result<()> {
         if !pairs.len().is_multiple_of(2) {
@@ -228,7 +264,7 @@ impl<'a> Unpickler<'a> {
             0x95 => {
                 self.le::<8>()?;
             }
-            b'(' => self.push(Value::Mark),
+            b'(' => self.push(Value::Mark)?,
             b'0' => {
                 self.pop()?;
             }
@@ -237,22 +273,22 @@ impl<'a> Unpickler<'a> {
             }
             b'2' => {
                 let t = self.top()?;
-                self.stack.push(t);
+                self.push_id(t)?;
             }
-            b'N' => self.push(Value::None),
-            0x88 => self.push(Value::Bool(true)),
-            0x89 => self.push(Value::Bool(false)),
+            b'N' => self.push(Value::None)?,
+            0x88 => self.push(Value::Bool(true))?,
+            0x89 => self.push(Value::Bool(false))?,
             b'J' => {
                 let v = i32::from_le_bytes(self.le()?);
-                self.push(Value::Int(v.into()))
+                self.push(Value::Int(v.into()))?
             }
             b'K' => {
                 let v = self.u8()?;
-                self.push(Value::Int(v.into()))
+                self.push(Value::Int(v.into()))?
             }
             b'M' => {
                 let v = u16::from_le_bytes(self.le()?);
-                self.push(Value::Int(v.into()))
+                self.push(Value::Int(v.into()))?
             }
             0x8a | 0x8b => {
                 let n = if op == 0x8a {
@@ -270,7 +306,7 @@ impl<'a> Unpickler<'a> {
                     [0; 16]
                 };
                 buf[..n].copy_from_slice(b);
-                self.push(Value::Int(i128::from_le_bytes(buf)))
+                self.push(Value::Int(i128::from_le_bytes(buf)))?
             }
             b'I' => {
                 let s = self.line()?;
@@ -279,11 +315,11 @@ impl<'a> Unpickler<'a> {
                     "00" => Value::Bool(false),
                     _ => Value::Int(s.parse().with_context(|| format!("bad integer {s:?}"))?),
                 };
-                self.push(v)
+                self.push(v)?
             }
             b'G' => {
                 let v = f64::from_be_bytes(self.le()?);
-                self.push(Value::Float(v))
+                self.push(Value::Float(v))?
             }
             b'X' => {
                 let n = u32::from_le_bytes(self.le()?) as usize;
@@ -309,22 +345,22 @@ impl<'a> Unpickler<'a> {
                 let n = u64::from_le_bytes(self.le()?) as usize;
                 self.bytes_of(n)?
             }
-            b'}' => self.push(Value::Dict(Vec::new())),
+            b'}' => self.push(Value::Dict(Vec::new()))?,
             b'd' => {
                 let items = self.pop_mark()?;
-                self.push(Value::Dict(Vec::new()));
+                self.push(Value::Dict(Vec::new()))?;
                 let d = self.top()?;
                 self.dict_set(d, &items)?
             }
-            b']' => self.push(Value::List(Vec::new())),
+            b']' => self.push(Value::List(Vec::new()))?,
             b'l' => {
                 let items = self.pop_mark()?;
-                self.push(Value::List(items))
+                self.push(Value::List(items))?
             }
-            b')' => self.push(Value::Tuple(Vec::new())),
+            b')' => self.push(Value::Tuple(Vec::new()))?,
             b't' => {
                 let items = self.pop_mark()?;
-                self.push(Value::Tuple(items))
+                self.push(Value::Tuple(items))?
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
@@ -332,7 +368,7 @@ impl<'a> Unpickler<'a> {
                     bail!("TUPLE{n} needs {n} items on the stack");
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
-                self.push(Value::Tuple(items))
+                self.push(Value::Tuple(items))?
             }
             b's' => {
                 let v = self.pop()?;
@@ -402,19 +438,19 @@ impl<'a> Unpickler<'a> {
             b'Q' => {
                 let pid = self.pop()?;
                 let v = self.persistent(pid)?;
-                self.push(v)
+                self.push(v)?
             }
             b'R' => {
                 let args = self.pop()?;
                 let f = self.pop()?;
                 let v = self.reduce(f, args)?;
-                self.push(v)
+                self.push(v)?
             }
             0x81 => {
                 let args = self.pop()?;
                 let cls = self.pop()?;
                 let v = self.reduce(cls, args)?;
-                self.push(v)
+                self.push(v)?
             }
             b'b' => {
                 let _state = self.pop()?;

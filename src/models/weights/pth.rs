@@ -45,7 +45,7 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
             );
         }
     }
-    let program = read_entry(&mut zip, bytes, &pkl, MAX_PICKLE_BYTES)?;
+    let program = read_entry(&mut zip, bytes, &pkl, MAX_PICKLE_BYTES, false)?;
     let mut u = Unpickler::new(&program, 0);
     let root = u.load().context("in data.pkl")?;
     let refs = state_dict(&u, root)?;
@@ -55,7 +55,7 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
             let key = &t.storage.key;
             let need = storage_bytes(&t.storage)?;
             let st = storages.get(&t.storage, || {
-                read_entry(&mut zip, bytes, &format!("{prefix}data/{key}"), need)
+                read_entry(&mut zip, bytes, &format!("{prefix}data/{key}"), need, true)
             })?;
             Ok((
                 name.clone(),
@@ -68,17 +68,38 @@ pub fn load_zip(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
 /// Largest `data.pkl` accepted (a state dict's pickle is a few hundred kB).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
+/// Deflate's best compression ratio is 1032:1, so a compressed entry of `c` bytes cannot
+/// hold more than this many times `c` bytes (plus a little for tiny entries).
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
 /// At most `limit` bytes of the archive entry `name`; torch stores entries uncompressed,
 /// and those are borrowed from `bytes` (the whole archive) without a copy.
+///
+/// A compressed entry (not written by torch, but valid zip) is decompressed up to `limit`
+/// bytes and no more than its compressed size allows ([`MAX_DEFLATE_RATIO`]); memory is
+/// reserved for what actually comes out, never for the size the archive's header claims.
+/// Errors: `want_all` and the entry cannot hold `limit` bytes (a storage declared larger
+/// than its data: refused before anything is allocated).
 fn read_entry<'b>(
     zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
     bytes: &'b [u8],
     name: &str,
     limit: u64,
+    want_all: bool,
 ) -> crate::Result<Cow<'b, [u8]>> {
     let f = zip
         .by_name(name)
         .with_context(|| format!("the archive has no entry {name}"))?;
+    let most = match f.compression() {
+        zip::CompressionMethod::Stored => f.size(),
+        _ => f.compressed_size().saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1024),
+    };
+    if want_all && limit > most {
+        bail!(
+            "archive entry {name} should hold {limit} bytes, but its {} bytes in the file cannot (damaged or hostile file)",
+            f.compressed_size()
+        );
+    }
     if f.compression() == zip::CompressionMethod::Stored {
         let (start, len) = (f.data_start(), f.size().min(limit));
         let slice = start
@@ -88,7 +109,7 @@ fn read_entry<'b>(
             format!("archive entry {name} reaches past the end of the file (truncated?)")
         });
     }
-    let mut buf = Vec::with_capacity(f.size().min(limit) as usize);
+    let mut buf = Vec::with_capacity(f.size().min(limit).min(most).min(1 << 20) as usize);
     f.take(limit)
         .read_to_end(&mut buf)
         .with_context(|| format!("cannot read archive entry {name} (file damaged?)"))?;
@@ -138,7 +159,7 @@ pub fn load_legacy(bytes: &[u8]) -> crate::Result<Vec<(String, Tensor)>> {
         .iter()
         .filter_map(|v| {
             if let Value::Storage(s) = v {
-                Some((s.key.as_str(), s))
+                Some((s.key.as_str(), &**s))
             } else {
                 None
             }
@@ -226,7 +247,7 @@ fn state_dict(u: &Unpickler, root: Id) -> crate::Result<Vec<(String, TensorRef)>
     items
         .iter()
         .map(|(k, v)| match (u.get(*k), u.get(*v)) {
-            (Value::Str(name), Value::Tensor(t)) => Ok((name.clone(), t.clone())),
+            (Value::Str(name), Value::Tensor(t)) => Ok((name.clone(), (**t).clone())),
             _ => bail!("a state-dict key is a {}, not a string", u.describe(*k)),
         })
         .collect()

@@ -2,7 +2,7 @@
 //! globals, storages (persistent ids) and tensors (`torch/_utils.py`: `_rebuild_tensor_v2`,
 //! `_rebuild_tensor_v3`, `_rebuild_parameter`; `torch/serialization.py`: `persistent_id`).
 
-use super::pickle::{Id, Unpickler, Value};
+use super::pickle::{Id, MAX_DIMS, Unpickler, Value};
 use anyhow::{Context, bail};
 use tch::Kind;
 
@@ -93,9 +93,9 @@ pub(super) fn dtype_kind(name: &str) -> Option<Kind> {
 }
 
 impl Unpickler<'_> {
-    fn tuple(&self, id: Id, what: &str) -> crate::Result<Vec<Id>> {
+    fn tuple(&self, id: Id, what: &str) -> crate::Result<&[Id]> {
         match &self.heap[id] {
-            Value::Tuple(t) => Ok(t.clone()),
+            Value::Tuple(t) => Ok(t.as_slice()),
             _ => bail!("{what}: expected a tuple, found {}", self.describe(id)),
         }
     }
@@ -108,8 +108,11 @@ impl Unpickler<'_> {
         }
     }
     fn ints(&self, id: Id, what: &str) -> crate::Result<Vec<i64>> {
-        self.tuple(id, what)?
-            .iter()
+        let t = self.tuple(id, what)?;
+        if t.len() > MAX_DIMS {
+            bail!("{what}: {} dimensions, more than {MAX_DIMS}", t.len());
+        }
+        t.iter()
             .map(|&i| self.int(i, what))
             .collect()
     }
@@ -143,7 +146,7 @@ impl Unpickler<'_> {
         if numel < 0 {
             bail!("storage {key} has a negative size {numel}");
         }
-        Ok(Value::Storage(StorageRef { key, kind, numel }))
+        Ok(Value::Storage(Box::new(StorageRef { key, kind, numel })))
     }
 
     /// Applies a whitelisted callable to its argument tuple.
@@ -185,13 +188,13 @@ impl Unpickler<'_> {
                     (_, None) => bail!("{name} on an untyped storage"),
                 };
                 let t = TensorRef {
-                    storage: storage.clone(),
+                    storage: (**storage).clone(),
                     kind,
                     offset: self.int(a[1], "storage offset")?,
                     size: self.ints(a[2], "tensor size")?,
                     stride: self.ints(a[3], "tensor stride")?,
                 };
-                Ok(Value::Tensor(t))
+                Ok(Value::Tensor(Box::new(t)))
             }
             _ => bail!("calling {name} with these arguments is not supported"),
         }

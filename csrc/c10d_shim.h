@@ -1,0 +1,35 @@
+// C ABI of kestrel's c10d shim (see c10d_shim.cpp); mirrored in src/distributed/ffi.rs.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { KD_OP_SUM = 0, KD_OP_MAX = 1, KD_OP_MIN = 2 };
+
+typedef struct kd_store kd_store;
+typedef struct kd_pg kd_pg;
+typedef struct kd_work kd_work;
+
+void kd_free_error(char* e);
+char* kd_store_new(const char* host, uint16_t port, int is_server, int world, int64_t timeout_ms, kd_store** out);
+void kd_store_free(kd_store* s);
+char* kd_store_set(kd_store* s, const char* key, const uint8_t* val, size_t len);
+char* kd_store_get(kd_store* s, const char* key, uint8_t** val, size_t* len);
+void kd_free_bytes(uint8_t* b);
+char* kd_pg_gloo_new(kd_store* s, const char* prefix, int rank, int world, const char* bind_addr, int threads,
+                     int64_t timeout_ms, kd_pg** out);
+char* kd_pg_nccl_new(kd_store* s, const char* prefix, int rank, int world, int64_t timeout_ms, kd_pg** out);
+void kd_pg_free(kd_pg* p);
+char* kd_allreduce_start(kd_pg* p, void* const* ts, size_t n, int op, int coalesced, int64_t timeout_ms, kd_work** out);
+char* kd_work_wait(kd_work* w, int64_t timeout_ms);
+void kd_work_free(kd_work* w);
+char* kd_broadcast(kd_pg* p, void* const* ts, size_t n, int root, int64_t timeout_ms);
+char* kd_barrier(kd_pg* p, int64_t timeout_ms);
+int kd_has_nccl(void);
+
+#ifdef __cplusplus
+}
+#endif
