@@ -134,7 +134,7 @@ fn shapes(dir: &Path, n: u32) {
 fn args(images: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = ["fine-tune", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
         "--arch", "efficientnet_lite0", "--no-pretrained", "--presize", "40", "--size", "32", "--bs", "8",
-        "--workers", "1", "--epochs", "1", "--freeze-epochs", "1", "--lr-find-iters", "2", "--seed", "7",
+        "--workers", "1", "--epochs", "1", "--freeze-epochs", "1", "--lr-find-iters", "2", "--seed", "7", "--precision", "fp32",
         "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -247,6 +247,11 @@ fn sigterm_before_training_exits_at_once_with_nothing_to_resume() {
     let mut a = args(&images, &out, &[]);
     let i = a.iter().position(|s| s == "--lr-find-iters").unwrap();
     a[i + 1] = "100000".into();
+    // fine-tune sweeps only when asked (--lr-find), for at most the training's batches:
+    // many epochs keep the sweep long.
+    a.push("--lr-find".into());
+    let e = a.iter().position(|s| s == "--epochs").unwrap();
+    a[e + 1] = "1000".into();
     let mut child = spawn(&a);
     wait_for(&out.join("show_batch.png"), &mut child);
     std::thread::sleep(Duration::from_millis(300));

@@ -610,13 +610,16 @@ fn predictor_applies_the_calibration_temperature() {
     let photo = dir.path().join("p.png");
     gradient(70, 50, 3).save(&photo).unwrap();
     let plain_path = dir.path().join("plain.safetensors");
-    export::export(&plain_path, &Tiny::new(3, 11), &card(&vocab)).unwrap();
+    // One model exported twice: a second Tiny::new would race other tests for torch's
+    // global generator.
+    let model = Tiny::new(3, 11);
+    export::export(&plain_path, &model, &card(&vocab)).unwrap();
     let cal = |t: f64| export::Calibration {
         temperature: t, n_fitted: 10, ece_before: 0.2, ece_after: 0.05, nll_before: 1.0, nll_after: 0.8,
         ece_after_crossfit: 0.06, nll_after_crossfit: 0.85,
     };
     let cal_path = dir.path().join("cal.safetensors");
-    export::export(&cal_path, &Tiny::new(3, 11), &ModelCard { calibration: Some(cal(2.5)), ..card(&vocab) }).unwrap();
+    export::export(&cal_path, &model, &ModelCard { calibration: Some(cal(2.5)), ..card(&vocab) }).unwrap();
     assert_eq!(export::read_model_meta(&cal_path).unwrap().card.calibration, Some(cal(2.5)));
     let p = Predictor::load(&plain_path, Device::Cpu).unwrap().predict_file(&photo).unwrap();
     let q = Predictor::load(&cal_path, Device::Cpu).unwrap().predict_file(&photo).unwrap();
@@ -626,7 +629,7 @@ fn predictor_applies_the_calibration_temperature() {
     assert_eq!(p.index, q.index, "temperature never changes the class");
     assert!(q.probs[q.index] < p.probs[p.index], "T > 1 softens");
     let bad = dir.path().join("bad.safetensors");
-    export::export(&bad, &Tiny::new(3, 11), &ModelCard { calibration: Some(cal(0.0)), ..card(&vocab) }).unwrap();
+    export::export(&bad, &model, &ModelCard { calibration: Some(cal(0.0)), ..card(&vocab) }).unwrap();
     let err = Predictor::load(&bad, Device::Cpu).err().expect("T = 0 is refused").to_string();
     assert!(err.contains("temperature"), "{err}");
 }
