@@ -366,20 +366,4 @@ pub fn tta_combine(plain: &Tensor, augs: &[Tensor], opts: &TtaOptions) -> Tensor
     aug.lerp(plain, opts.beta as f64)
 }
 
-/// Expands files and folders (fastai `get_image_files`, recursive, sorted) into image
-/// files; files given explicitly are kept whatever their extension.
-///
-/// Errors: a path that does not exist, naming it.
-pub fn expand_image_paths(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            out.extend(crate::data::get_image_files(p, true)?.files);
-        } else if p.exists() {
-            out.push(p.clone());
-        } else {
-            bail!("{} does not exist", p.display());
-        }
-    }
-    Ok(out)
-}
+pub use kestrel_image::files::expand_image_paths;

@@ -64,3 +64,22 @@ fn walk(dir: &Path, recurse: bool, out: &mut ImageFiles) -> crate::Result<()> {
     }
     Ok(())
 }
+
+/// Expands files and folders into image files, as `kestrel predict` and `kestrel-serve
+/// predict` take them: folders are searched recursively (fastai `get_image_files`),
+/// sorted; files given explicitly are kept whatever their extension.
+///
+/// Errors: a path that does not exist, naming it; an unreadable folder.
+pub fn expand_image_paths(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            out.extend(get_image_files(p, true)?.files);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            bail!("{} does not exist", p.display());
+        }
+    }
+    Ok(out)
+}

@@ -8,24 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Files given explicitly are kept whatever their extension; folders are searched
-/// recursively for images (fastai `get_image_files`), sorted — as `kestrel predict`.
-///
-/// Errors: a path that does not exist, naming it.
-pub fn expand_paths(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            out.extend(kestrel_image::files::get_image_files(p, true)?.files);
-        } else if p.exists() {
-            out.push(p.clone());
-        } else {
-            bail!("{} does not exist", p.display());
-        }
-    }
-    Ok(out)
-}
-
 /// One JSON line as `kestrel predict --json` prints it: `{"file", "label", "index",
 /// "top": [{"label", "index", "prob"}]}`, probabilities rounded to 4 decimals.
 pub fn json_line(file: &str, probs: &[f32], vocab: &[String], topk: usize) -> serde_json::Value {
@@ -117,7 +99,7 @@ pub fn predict_paths(model: &mut OnnxModel, paths: &[PathBuf], bs: usize, worker
 /// Errors: a path that does not exist; no photos; after printing everything, "N of M
 /// photos could not be predicted".
 pub fn run(model: &mut OnnxModel, inputs: &[PathBuf], bs: usize, workers: usize, topk: usize) -> anyhow::Result<()> {
-    let paths = expand_paths(inputs)?;
+    let paths = kestrel_image::files::expand_image_paths(inputs)?;
     if paths.is_empty() {
         bail!("no photos found in {}", inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
