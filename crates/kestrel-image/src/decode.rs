@@ -135,12 +135,13 @@ impl Default for DecodeLimits {
 
 /// Decodes an encoded image held in memory; see [`decode_rgb`].
 pub fn decode_bytes(bytes: &[u8]) -> crate::Result<(RgbImage, DecodeInfo)> {
-    decode_bytes_limited(bytes, &DecodeLimits::default())
+    // Only the process-wide limits ([`set_limits`], the CLI's --max-image-pixels) apply.
+    decode_bytes_limited(bytes, &DecodeLimits { max_pixels: u64::MAX, ..DecodeLimits::default() })
 }
 
-/// [`decode_bytes`] with explicit [`DecodeLimits`]. Errors as [`decode_rgb`], plus an
-/// image larger than the limits ("W x H = N pixels, more than the limit of M"), refused
-/// from its header.
+/// [`decode_bytes`] with explicit [`DecodeLimits`] on top of the process-wide
+/// [`ImageLimits`] (checked first). Errors as [`decode_rgb`], plus an image larger than
+/// either limit ("W × H = N pixels, more than the limit of M"), refused from its header.
 pub fn decode_bytes_limited(bytes: &[u8], limits: &DecodeLimits) -> crate::Result<(RgbImage, DecodeInfo)> {
     if bytes.is_empty() {
         bail!("the file is empty (0 bytes)");
@@ -157,6 +158,7 @@ pub fn decode_bytes_limited(bytes: &[u8], limits: &DecodeLimits) -> crate::Resul
     reader.limits(lim);
     let mut dec = reader.into_decoder().with_context(|| format!("bad {format:?} header"))?;
     let stored_size = dec.dimensions();
+    check_limits(stored_size.0, stored_size.1, dec.total_bytes(), bytes.len() as u64, crate::decode::limits())?;
     let pixels = stored_size.0 as u64 * stored_size.1 as u64;
     if pixels > limits.max_pixels {
         bail!(
@@ -167,7 +169,6 @@ pub fn decode_bytes_limited(bytes: &[u8], limits: &DecodeLimits) -> crate::Resul
     if pixels == 0 {
         bail!("the image is {} x {} pixels: nothing to predict", stored_size.0, stored_size.1);
     }
-    check_limits(stored_size.0, stored_size.1, dec.total_bytes(), bytes.len() as u64, crate::decode::limits())?;
     let color = format!("{:?}", dec.original_color_type());
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(dec).with_context(|| format!("corrupt or truncated {format:?} data"))?;
