@@ -1,7 +1,8 @@
 //! 1. Sets an rpath to libtorch's library folder, so that the `kestrel` binary, the tests
 //!    and the examples run without LD_LIBRARY_PATH. torch-sys (`links = "tch"`) reports the
 //!    folder it linked against as DEP_TCH_LIBTORCH_LIB.
-//! 2. Compiles the c10d shim (csrc/, `kestrel::distributed`) with the `cc` crate against the
+//! 2. Compiles the c10d shim (csrc/, `kestrel::distributed`: the process groups and DDP's
+//!    `c10d::Reducer`) with the `cc` crate against the
 //!    same libtorch, with torch-sys's flags (C++17, `-D_GLIBCXX_USE_CXX11_ABI`, its include
 //!    folders). `ProcessGroupGloo.hpp` needs gloo's headers, which the PyPI wheel does not
 //!    ship: Debian's `libgloo-dev` provides them (headers only; the gloo code that runs is
@@ -15,7 +16,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=KESTREL_GLOO_INCLUDE");
-    for f in ["csrc/c10d_shim.cpp", "csrc/c10d_nccl.cpp", "csrc/c10d_shim.h"] {
+    for f in ["csrc/c10d_shim.cpp", "csrc/c10d_reducer.cpp", "csrc/c10d_nccl.cpp", "csrc/c10d_shim.h", "csrc/c10d_internal.hpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -49,7 +50,7 @@ fn main() {
     };
     let mut b = cc::Build::new();
     base(&mut b);
-    b.flag("-DUSE_C10D_GLOO").include(&gloo).file("csrc/c10d_shim.cpp");
+    b.flag("-DUSE_C10D_GLOO").include(&gloo).file("csrc/c10d_shim.cpp").file("csrc/c10d_reducer.cpp");
 
     let nccl_dirs = nccl_includes(&torch, Path::new(&lib));
     match &nccl_dirs {

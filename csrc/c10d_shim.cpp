@@ -1,9 +1,9 @@
 // kestrel's C ABI over libtorch's c10d (the collectives PyTorch DDP uses): a TCPStore
 // rendezvous, a Gloo process group (NCCL in c10d_nccl.cpp), allreduce (one tensor list,
-// or coalesced), broadcast and barrier with timeouts. Every entry point catches C++
-// exceptions and returns them as a malloc'd message (NULL on success) that Rust frees with
-// kd_free_error, so a failed collective is a Rust error, never an abort.
-// Tensors cross as tch's C_tensor pointers, which are `at::Tensor*` (torch-sys torch_api.h).
+// or coalesced), broadcast and barrier with timeouts (DDP's gradient reducer is in
+// c10d_reducer.cpp). Every entry point catches C++ exceptions and returns them as a
+// malloc'd message (NULL on success) that Rust frees with kd_free_error, so a failed
+// collective is a Rust error, never an abort (c10d_internal.hpp).
 #include <cstdlib>
 #include <cstring>
 #include <chrono>
@@ -17,40 +17,12 @@
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include "c10d_internal.hpp"
 #include "c10d_shim.h"
 
-struct kd_store { c10::intrusive_ptr<c10d::Store> store; };
-struct kd_pg { c10::intrusive_ptr<c10d::Backend> pg; };
-struct kd_work { c10::intrusive_ptr<c10d::Work> work; };
-
 namespace {
-char* dup_error(const char* where, const char* what) {
-  std::string s = std::string(where) + ": " + what;
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out) std::memcpy(out, s.c_str(), s.size() + 1);
-  return out;
-}
-
-template <typename F>
-char* guarded(const char* where, F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return dup_error(where, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return dup_error(where, e.what());
-  } catch (...) {
-    return dup_error(where, "unknown C++ exception");
-  }
-}
-
-std::vector<at::Tensor> tensors(void* const* ts, size_t n) {
-  std::vector<at::Tensor> v;
-  v.reserve(n);
-  for (size_t i = 0; i < n; ++i) v.push_back(*static_cast<at::Tensor*>(ts[i]));
-  return v;
-}
+using kd::guarded;
+using kd::tensors;
 
 c10d::ReduceOp reduce_op(int op) {
   switch (op) {
@@ -169,7 +141,7 @@ char* kd_barrier(kd_pg* p, int64_t timeout_ms) {
 extern "C" {
 int kd_has_nccl(void) { return 0; }
 char* kd_pg_nccl_new(kd_store*, const char*, int, int, int64_t, kd_pg**) {
-  return dup_error("ProcessGroupNCCL",
+  return kd::dup_error("ProcessGroupNCCL",
                    "this kestrel was built without NCCL (build.rs found no libtorch_cuda.so with CUDA and NCCL headers)");
 }
 }

@@ -12,6 +12,7 @@ enum { KD_OP_SUM = 0, KD_OP_MAX = 1, KD_OP_MIN = 2 };
 typedef struct kd_store kd_store;
 typedef struct kd_pg kd_pg;
 typedef struct kd_work kd_work;
+typedef struct kd_reducer kd_reducer;
 
 void kd_free_error(char* e);
 char* kd_store_new(const char* host, uint16_t port, int is_server, int world, int64_t timeout_ms, kd_store** out);
@@ -29,6 +30,11 @@ void kd_work_free(kd_work* w);
 char* kd_broadcast(kd_pg* p, void* const* ts, size_t n, int root, int64_t timeout_ms);
 char* kd_barrier(kd_pg* p, int64_t timeout_ms);
 int kd_has_nccl(void);
+char* kd_reducer_new(kd_pg* p, void* const* params, size_t n, int64_t bucket_bytes, int64_t first_bucket_bytes,
+                     kd_reducer** out);
+char* kd_reducer_prepare(kd_reducer* r);
+char* kd_reducer_stats(kd_reducer* r, int64_t* comm_ns, int64_t* overlap_ns);
+void kd_reducer_free(kd_reducer* r);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,7 @@
 //! Writes the seed corpus of the fuzz targets in `fuzz/` (run by `scripts/fuzz.sh`): real
 //! files of every kind kestrel parses — the weight fixtures, a model file written by
 //! `export`, small images in each format plus a few pet photos, CSVs and label patterns,
-//! and gzipped tars as `untar_data` downloads them.
+//! gzipped tars as `untar_data` downloads them, and kestrel-serve requests.
 //!
 //! Run: `cargo run --example fuzz_seeds -- CORPUS_DIR` (writes `CORPUS_DIR/<target>/…`).
 
@@ -109,6 +109,19 @@ fn main() -> kestrel::Result<()> {
     h.set_mode(0o777);
     t.append_link(&mut h, "pets/latest.csv", "labels.csv")?;
     std::fs::write(d.join("pets.tgz"), t.into_inner()?.finish()?)?;
+    // kestrel-serve requests: the Content-Type line, then the body (one image, or a form).
+    let d = dir("serve_request")?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    std::fs::write(d.join("jpeg.req"), [&b"image/jpeg\n"[..], &jpg].concat())?;
+    let mut form = b"multipart/form-data; boundary=XyZ\n".to_vec();
+    for (name, data) in [("a.jpg", &jpg[..]), ("b.png", &png[..])] {
+        form.extend_from_slice(format!("--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\n").as_bytes());
+        form.extend_from_slice(data);
+        form.extend_from_slice(b"\r\n");
+    }
+    form.extend_from_slice(b"--XyZ--\r\n");
+    std::fs::write(d.join("form.req"), form)?;
     println!("seed corpus written to {}", out.display());
     Ok(())
 }

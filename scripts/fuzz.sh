@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes kestrel's parsers of untrusted files with cargo-fuzz (libFuzzer) on the stable
 # toolchain (--sanitizer none): the pickle VM, the zip .pth reader, the model file
-# (safetensors header + metadata JSON), image decoding, the CSV/regex labellers and
-# untar_data's extraction. Not part of CI.
+# (safetensors header + metadata JSON), image decoding, the CSV/regex labellers,
+# untar_data's extraction and kestrel-serve's request parsing. Not part of CI.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   # SECONDS (default 600) split among the targets
 #
@@ -18,7 +18,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=/dev/null
 source "$root/scripts/env.sh"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-all=(pickle zip_pth model_file image labels untar)
+all=(pickle zip_pth model_file image labels untar serve_request)
 [ $# -gt 0 ] && targets=("$@") || targets=("${all[@]}")
 
 cargo run --quiet --example fuzz_seeds -- "$root/fuzz/corpus"

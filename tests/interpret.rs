@@ -2,6 +2,10 @@
 //! predict on every colour mode, get_preds/TTA, the confusion matrix, most_confused and
 //! the classification report against hand-computed and scikit-learn values, the plots.
 
+#[path = "common/exif.rs"]
+mod exif;
+
+use exif::exif_rotated_jpeg;
 use image::{GrayImage, Rgb, RgbImage, Rgba, RgbaImage};
 use kestrel::data::{Batch, BatchSource};
 use kestrel::export::{
@@ -226,26 +230,6 @@ impl WithDate for ModelCard {
         }
         self
     }
-}
-
-fn exif_rotated_jpeg(img: &RgbImage, orientation: u16) -> Vec<u8> {
-    let mut jpg = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
-    // APP1 "Exif" with a little-endian TIFF header and one IFD entry: Orientation (0x0112).
-    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
-    tiff.extend_from_slice(&1u16.to_le_bytes());
-    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
-    tiff.extend_from_slice(&3u16.to_le_bytes());
-    tiff.extend_from_slice(&1u32.to_le_bytes());
-    tiff.extend_from_slice(&orientation.to_le_bytes());
-    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    let mut app1 = b"Exif\0\0".to_vec();
-    app1.extend_from_slice(&tiff);
-    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
-    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
-    out.extend_from_slice(&app1);
-    out.extend_from_slice(&jpg[2..]);
-    out
 }
 
 #[test]

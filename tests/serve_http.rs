@@ -4,9 +4,12 @@
 //! answered with a 4xx JSON error naming the problem, and the valid oddities predicted.
 
 mod common;
+#[path = "common/exif.rs"]
+mod exif;
 
 use common::{Resp, Server, encode, multipart, photo, read_response, request};
 use image::{GrayImage, ImageBuffer, Rgb, RgbImage, Rgba, RgbaImage};
+use exif::exif_rotated_jpeg;
 use kestrel_serve::http::HttpOptions;
 use std::io::Write;
 use std::net::TcpStream;
@@ -178,25 +181,6 @@ fn bad_requests_get_4xx_json_and_oddities_are_predicted() {
     let page = request(port, "GET", "/", None, b"");
     let html = String::from_utf8(page.body).unwrap();
     assert!(html.contains("id=\"drop\"") && !html.contains("http://") && !html.contains("https://"), "the page must work offline");
-}
-
-/// A JPEG of `img` with an EXIF APP1 segment carrying `orientation`.
-fn exif_rotated_jpeg(img: &RgbImage, orientation: u16) -> Vec<u8> {
-    let jpg = encode(&img.clone().into(), image::ImageFormat::Jpeg);
-    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
-    tiff.extend_from_slice(&1u16.to_le_bytes());
-    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
-    tiff.extend_from_slice(&3u16.to_le_bytes());
-    tiff.extend_from_slice(&1u32.to_le_bytes());
-    tiff.extend_from_slice(&orientation.to_le_bytes());
-    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    let mut app1 = b"Exif\0\0".to_vec();
-    app1.extend_from_slice(&tiff);
-    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
-    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
-    out.extend_from_slice(&app1);
-    out.extend_from_slice(&jpg[2..]);
-    out
 }
 
 /// Rewrites the CRC-32 of a PNG's IHDR chunk (bytes 12..29: type + 13 data bytes) after

@@ -1,10 +1,11 @@
 """fastai's side of the data-throughput comparison (benches/pipeline.rs).
 
-One training pass over the pets sample through fastai's DataLoader with 2 workers:
-decode + Resize(460) + aug_transforms(size=224, min_scale=0.75) + Normalize, bs 32,
-2 torch threads. Prints images/s as the last line ("fastai_ips <value>").
+One training pass through fastai's DataLoader with 2 workers over the training rows of
+DATA_DIR/labels.csv (fname, label, is_valid: the pets sample, or Caltech-101): decode +
+Resize(460) + aug_transforms(size=224, min_scale=0.75) + Normalize, bs 32, 2 torch
+threads. Prints images/s as the last line ("fastai_ips <value>").
 
-Usage: python fastai_pipeline.py SAMPLE_DIR
+Usage: python fastai_pipeline.py DATA_DIR
 """
 import sys, time
 from pathlib import Path

@@ -296,7 +296,11 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     }
     let opts = args.recipe.fine_tune_options(args.freeze_epochs);
     let t0 = Instant::now();
-    let epochs = args.recipe.fine_tune(&mut learn, args.epochs, lr, opts)?;
+    let epochs = args.recipe.fine_tune(&mut learn, args.epochs, lr, opts).map_err(|e| match &dist {
+        // A peer lost inside backward (the Reducer's all-reduce) surfaces as libtorch's error.
+        Some(d) => d.pg.name_lost_peer(e),
+        None => e,
+    })?;
     let fit_secs = t0.elapsed().as_secs_f64();
     if learn.stop_reason.as_deref() == Some("interrupted") {
         if !main { bail!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display()); }
@@ -305,7 +309,8 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     }
     if let Some(s) = ddp_stats.as_ref().map(|s| *s.lock().unwrap_or_else(|e| e.into_inner())) {
         if main && s.steps > 0 {
-            println!("all-reduce of the gradients: {:.2} ms per step ({} steps)", 1e3 * s.allreduce_secs / s.steps as f64, s.steps);
+            println!("all-reduce of the gradients: {:.2} ms per step, {:.2} ms of it overlapped with backward ({} steps; c10d::Reducer, DDP's logger)",
+                     1e3 * s.allreduce_secs / s.steps as f64, 1e3 * s.overlap_secs / s.steps as f64, s.steps);
         }
     }
     if !main {

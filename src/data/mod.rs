@@ -16,7 +16,7 @@ mod tensor_loader;
 mod vocab;
 
 pub use block::{DataBlock, Datasets, ImageDataLoaders, Source};
-pub use items::{ImageFiles, Items, get_image_files};
+pub use items::{CsvTable, ImageFiles, Items, get_image_files};
 pub use label::{Labeller, PETS_PATTERN};
 pub use loader::{ImageDataLoader, LoaderConfig};
 pub use resize::{ItemTfm, PadMode, ResizeMethod};

@@ -246,6 +246,22 @@ impl ProcessGroup {
         take_error(unsafe { ffi::kd_barrier(self.pg, self.timeout_ms) }).map_err(|m| self.lost_peer("barrier", &m))
     }
 
+    /// The shim's handle of the group, for [`super::reducer::Reducer`].
+    pub(super) fn raw(&self) -> *mut KdPg { self.pg }
+
+    /// `e` with the lost peer named, when it is a collective's failure that reached the
+    /// caller through libtorch (the gradient all-reduce inside `backward()`: Gloo's
+    /// "Connection closed by peer [addr]:port", a timeout); other errors unchanged.
+    pub fn name_lost_peer(&self, e: anyhow::Error) -> anyhow::Error {
+        let msg = format!("{e:#}");
+        let lower = msg.to_lowercase();
+        let collective = ["connection", "timed out", "timeout", "gloo", "nccl", "peer"].iter().any(|k| lower.contains(k));
+        if msg.contains("lost peer") || !collective {
+            return e;
+        }
+        self.lost_peer("gradient all-reduce during backward", &msg)
+    }
+
     /// The error of a failed collective, naming the peer: from the address in Gloo's
     /// message ("Connection closed by peer [10.0.0.2]:41234") the ranks bound there; with
     /// two ranks, the other one.

@@ -1,32 +1,28 @@
 //! PyTorch DDP's semantics as a callback of the training loop (fastai `DistributedTrainer`):
 //! parameters and buffers broadcast from rank 0 when a fit starts, gradients averaged over
-//! the ranks after every backward in ~25 MiB buckets (DDP's `bucket_cap_mb`), validation
-//! metrics reduced exactly (sums and counts, not averages of averages), and a stop asked
-//! on any rank (Ctrl-C) agreed by all ranks after the same batch, rank 0 writing the
-//! checkpoint.
-//!
-//! Difference from PyTorch DDP: the buckets are all-reduced after `backward()` returns
-//! (started together, so they overlap with each other), not from autograd hooks while
-//! backward still runs; `c10d::Reducer` is not bound.
+//! the ranks during backward by libtorch's `c10d::Reducer` in DDP's buckets, overlapped
+//! with backward ([`super::reducer`]), validation metrics reduced exactly (sums and counts,
+//! not averages of averages), and a stop asked on any rank (Ctrl-C) agreed by all ranks
+//! after the same batch, rank 0 writing the checkpoint.
 
 use super::comm::{ProcessGroup, ReduceOp};
+use super::reducer::{BUCKET_BYTES, Reducer};
 use crate::callbacks::{Callback, Cancel, INTERRUPT_AFTER_ENV};
 use crate::learner::Learner;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tch::{Kind, Tensor};
 
-/// PyTorch DDP's default bucket size (`bucket_cap_mb=25`), bytes.
-pub const BUCKET_BYTES: usize = 25 * 1024 * 1024;
-
-/// Time spent in the gradient all-reduce (flatten, all-reduce, average, copy back).
+/// The gradient all-reduce's time, as PyTorch DDP's logger measures it (per fit, over its
+/// sampled steps; summed here over the fits weighted by their steps).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DdpStats {
     /// Optimizer steps whose gradients were averaged.
     pub steps: usize,
-    /// Wall time of the gradient all-reduce over those steps, seconds.
+    /// All-reduce time over those steps (first bucket's start to last one's end), seconds.
     pub allreduce_secs: f64,
+    /// The part of `allreduce_secs` overlapped with backward's computation, seconds.
+    pub overlap_secs: f64,
 }
 
 /// The DDP callback (fastai `DistributedTrainer` around PyTorch `DistributedDataParallel`).
@@ -42,6 +38,9 @@ pub struct DistributedTrainer {
     seen: usize,
     valid: (f64, f64),
     valid_loss: Option<f64>,
+    /// The gradient reducer of the current fit (its trainable parameters).
+    reducer: Option<Reducer<'static>>,
+    fit_steps: usize,
     /// Gradient all-reduce time, shared with the caller.
     pub stats: Arc<Mutex<DdpStats>>,
 }
@@ -59,7 +58,7 @@ impl DistributedTrainer {
         };
         Ok(Self {
             pg, requested, checkpoint: checkpoint.into(), interrupt_after, seen: 0, valid: (0.0, 0.0), valid_loss: None,
-            stats: Arc::new(Mutex::new(DdpStats::default())),
+            reducer: None, fit_steps: 0, stats: Arc::new(Mutex::new(DdpStats::default())),
         })
     }
 }
@@ -113,24 +112,6 @@ pub fn broadcast_tensors(pg: &ProcessGroup, ts: &[Tensor], root: usize) -> crate
     })
 }
 
-/// Averages `grads` over the ranks in place: each bucket is flattened and its all-reduce
-/// started, then all are awaited, divided by the world size and copied back.
-/// Errors: a lost peer.
-pub fn average_gradients(pg: &ProcessGroup, grads: &[Tensor], cap: usize) -> crate::Result<()> {
-    tch::no_grad(|| {
-        let bs = buckets(grads, cap);
-        let flats: Vec<Tensor> = bs.iter().map(|b| flatten(b)).collect();
-        let works = flats.iter().map(|f| pg.allreduce_start(f, ReduceOp::Sum)).collect::<crate::Result<Vec<_>>>()?;
-        for w in works { w.wait()?; }
-        let inv = 1.0 / pg.world() as f64;
-        for (f, b) in flats.iter().zip(&bs) {
-            let f = f * inv;
-            unflatten_into(&f, b);
-        }
-        Ok(())
-    })
-}
-
 /// Every variable of the model (parameters and buffers such as BatchNorm's running
 /// statistics), sorted by name so that every rank lists them in the same order.
 pub fn model_tensors(l: &Learner) -> Vec<Tensor> {
@@ -157,23 +138,39 @@ impl Callback for DistributedTrainer {
     fn order(&self) -> i32 { -10 }
 
     fn before_fit(&mut self, l: &mut Learner) -> crate::Result<()> {
-        broadcast_tensors(self.pg, &model_tensors(l), 0)
+        broadcast_tensors(self.pg, &model_tensors(l), 0)?;
+        // The parameters that require a gradient now, in the optimizer's order, the same
+        // on every rank (PyTorch DDP reduces those; fine_tune's unfrozen fit gets a new
+        // Reducer over the whole model).
+        let params: Vec<Tensor> = l.opt.groups.iter().flatten()
+            .filter(|p| p.tensor.requires_grad())
+            .map(|p| p.tensor.shallow_clone())
+            .collect();
+        self.reducer = Some(Reducer::new(self.pg, &params)?);
+        self.fit_steps = 0;
+        Ok(())
     }
 
-    fn after_backward(&mut self, l: &mut Learner) -> crate::Result<()> {
-        let t0 = Instant::now();
-        // Every trainable parameter, on every rank the same list (PyTorch DDP reduces the
-        // parameters that require grad): a frozen parameter may still hold a stale gradient
-        // on one rank (rank 0 ran lr_find before freezing), so "grad defined" would differ.
-        // A trainable parameter without a gradient this step contributes zeros.
-        let grads: Vec<Tensor> = l.opt.groups.iter().flatten().rev()
-            .filter(|p| p.tensor.requires_grad())
-            .map(|p| { let g = p.tensor.grad(); if g.defined() { g } else { p.tensor.zeros_like() } })
-            .collect();
-        average_gradients(self.pg, &grads, BUCKET_BYTES)?;
-        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        s.steps += 1;
-        s.allreduce_secs += t0.elapsed().as_secs_f64();
+    fn before_batch(&mut self, l: &mut Learner) -> crate::Result<()> {
+        if let (true, Some(r)) = (l.training, self.reducer.as_mut()) {
+            r.prepare()?;
+        }
+        Ok(())
+    }
+
+    fn after_backward(&mut self, _l: &mut Learner) -> crate::Result<()> {
+        self.fit_steps += 1;
+        Ok(())
+    }
+
+    fn after_fit(&mut self, _l: &mut Learner) -> crate::Result<()> {
+        if let Some(r) = self.reducer.take() {
+            let t = r.comm_times()?;
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.steps += self.fit_steps;
+            s.allreduce_secs += t.comm_secs * self.fit_steps as f64;
+            s.overlap_secs += t.overlap_secs * self.fit_steps as f64;
+        }
         Ok(())
     }
 

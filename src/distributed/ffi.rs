@@ -9,6 +9,8 @@ pub(crate) struct KdStore { _p: [u8; 0] }
 pub(crate) struct KdPg { _p: [u8; 0] }
 #[repr(C)]
 pub(crate) struct KdWork { _p: [u8; 0] }
+#[repr(C)]
+pub(crate) struct KdReducer { _p: [u8; 0] }
 
 pub(crate) const KD_OP_SUM: c_int = 0;
 pub(crate) const KD_OP_MAX: c_int = 1;
@@ -33,6 +35,11 @@ unsafe extern "C" {
     pub(crate) fn kd_broadcast(p: *mut KdPg, ts: *const *mut c_void, n: usize, root: c_int, timeout_ms: i64) -> *mut c_char;
     pub(crate) fn kd_barrier(p: *mut KdPg, timeout_ms: i64) -> *mut c_char;
     pub(crate) fn kd_has_nccl() -> c_int;
+    pub(crate) fn kd_reducer_new(p: *mut KdPg, params: *const *mut c_void, n: usize, bucket_bytes: i64, first_bucket_bytes: i64,
+                                 out: *mut *mut KdReducer) -> *mut c_char;
+    pub(crate) fn kd_reducer_prepare(r: *mut KdReducer) -> *mut c_char;
+    pub(crate) fn kd_reducer_stats(r: *mut KdReducer, comm_ns: *mut i64, overlap_ns: *mut i64) -> *mut c_char;
+    pub(crate) fn kd_reducer_free(r: *mut KdReducer);
 }
 
 /// `Ok(())` for NULL, else the message (freed here).

@@ -1,6 +1,7 @@
 //! Data-parallel training on libtorch's c10d — the engine of PyTorch DDP and torchrun:
 //! a C++ shim (csrc/, compiled by build.rs) exposes c10d's TCPStore, ProcessGroupGloo (CPU)
-//! and ProcessGroupNCCL (CUDA builds) with allreduce, broadcast and barrier ([`comm`]);
+//! and ProcessGroupNCCL (CUDA builds) with allreduce, broadcast and barrier ([`comm`]),
+//! and DDP's gradient reducer, `c10d::Reducer` ([`reducer`]);
 //! [`Shard`] is PyTorch's `DistributedSampler`; [`DistributedTrainer`] gives the learner
 //! DDP's semantics; [`launch`] starts N worker processes as `torchrun --standalone` does,
 //! and a worker reads torchrun's environment (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK,
@@ -10,11 +11,13 @@ pub mod comm;
 pub mod ddp;
 mod ffi;
 pub mod launch;
+pub mod reducer;
 pub mod run;
 pub mod sampler;
 
 pub use comm::{Backend, DistConfig, ProcessGroup, ReduceOp, Work, bind_address, has_nccl};
-pub use ddp::{BUCKET_BYTES, DdpStats, DistributedTrainer, average_gradients, broadcast_tensors, model_tensors, reduce_metrics};
+pub use ddp::{DdpStats, DistributedTrainer, broadcast_tensors, model_tensors, reduce_metrics};
+pub use reducer::{BUCKET_BYTES, CommTimes, FIRST_BUCKET_BYTES, Reducer};
 pub use run::{DistRun, launch_if_asked};
 pub use sampler::{Shard, mix_rank};
 

@@ -11,9 +11,7 @@ use crate::transforms::{BatchTfms, BatchTransform, Normalize};
 use crate::util::rng::{Rng, derived, seeded};
 use anyhow::bail;
 use image::RgbImage;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// One photo's prediction.
@@ -275,8 +273,8 @@ impl Predictor {
         self.pipeline(paths, bs, workers, &decode_rgb, &mut run)
     }
 
-    /// Loads items on worker threads (in path order, bounded queue) and runs the model
-    /// on the main thread batch by batch.
+    /// Loads items on worker threads and runs the model on the calling thread batch by
+    /// batch, in path order ([`kestrel_image::batches::ordered_batches`]).
     fn pipeline(
         &self,
         paths: &[PathBuf],
@@ -285,63 +283,25 @@ impl Predictor {
         load: &(dyn Fn(&Path) -> crate::Result<RgbImage> + Sync),
         run: &mut dyn FnMut(&[RgbImage]) -> crate::Result<Tensor>,
     ) -> Vec<crate::Result<Prediction>> {
-        let bs = bs.max(1);
         let mut results: Vec<Option<crate::Result<Prediction>>> = (0..paths.len()).map(|_| None).collect();
-        let next = AtomicUsize::new(0);
-        let (tx, rx) = crossbeam_channel::bounded::<(usize, crate::Result<RgbImage>)>(2 * bs);
-        std::thread::scope(|s| {
-            for _ in 0..workers.max(1) {
-                let (tx, next) = (tx.clone(), &next);
-                s.spawn(move || {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= paths.len() || tx.send((i, load(&paths[i]))).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(tx);
-            let mut pending = BTreeMap::new();
-            let (mut next_out, mut batch_idx, mut batch) = (0usize, Vec::new(), Vec::new());
-            let mut flush = |idx: &mut Vec<usize>, items: &mut Vec<RgbImage>, results: &mut Vec<Option<_>>| {
-                if idx.is_empty() {
-                    return;
-                }
-                match run(items).and_then(|p| Ok(Vec::<f32>::try_from(p.flatten(0, -1))?)) {
-                    Ok(flat) => {
-                        let c = flat.len() / idx.len();
-                        for (k, &i) in idx.iter().enumerate() {
-                            results[i] = Some(Ok(Prediction::from_probs(flat[k * c..(k + 1) * c].to_vec(), self.vocab(), self.thresh())));
-                        }
-                    }
-                    Err(e) => {
-                        for &i in idx.iter() {
-                            results[i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[i].display())));
-                        }
+        let failures = kestrel_image::batches::ordered_batches(paths.len(), bs, workers, |i| load(&paths[i]), |idx, items| {
+            match run(&items).and_then(|p| Ok(Vec::<f32>::try_from(p.flatten(0, -1))?)) {
+                Ok(flat) => {
+                    let c = flat.len() / idx.len();
+                    for (k, &i) in idx.iter().enumerate() {
+                        results[i] = Some(Ok(Prediction::from_probs(flat[k * c..(k + 1) * c].to_vec(), self.vocab(), self.thresh())));
                     }
                 }
-                idx.clear();
-                items.clear();
-            };
-            for (i, r) in rx {
-                pending.insert(i, r);
-                while let Some(r) = pending.remove(&next_out) {
-                    match r {
-                        Ok(img) => {
-                            batch_idx.push(next_out);
-                            batch.push(img);
-                        }
-                        Err(e) => results[next_out] = Some(Err(e)),
-                    }
-                    next_out += 1;
-                    if batch.len() == bs {
-                        flush(&mut batch_idx, &mut batch, &mut results);
+                Err(e) => {
+                    for &i in idx.iter() {
+                        results[i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[i].display())));
                     }
                 }
             }
-            flush(&mut batch_idx, &mut batch, &mut results);
         });
+        for (i, e) in failures {
+            results[i] = Some(Err(e));
+        }
         results
             .into_iter()
             .zip(paths)

@@ -187,11 +187,12 @@ impl Learner {
         }
         self.with_events(Event::BeforeBackward, Event::AfterBackward, Cancel::Backward, |l| {
             let lg = l.loss_grad.as_ref().expect("loss");
+            // f_backward: a hook's failure (data-parallel training's all-reduce) is an error.
             match &l.scaler {
-                Some(s) => (lg * s.scale()).backward(),
-                None => lg.backward(),
+                Some(s) => (lg * s.scale()).f_backward(),
+                None => lg.f_backward(),
             }
-            Ok(())
+            .map_err(|e| anyhow::anyhow!("backward: {e}"))
         })?;
         self.with_events(Event::BeforeStep, Event::AfterStep, Cancel::Step, |l| {
             l.step();

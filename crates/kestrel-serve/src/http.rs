@@ -242,35 +242,9 @@ async fn predict(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body)
 
 async fn handle(s: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Vec<serde_json::Value>, ApiError> {
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let is_image = ctype.starts_with("image/");
-    let is_multipart = ctype.starts_with("multipart/form-data");
-    if !is_image && !is_multipart {
-        let got = if ctype.is_empty() { "no Content-Type".to_owned() } else { format!("Content-Type '{ctype}'") };
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("{got}: send an image (Content-Type: image/jpeg, image/png, ...) or multipart/form-data with images"),
-        ));
-    }
+    body_kind(&ctype)?;
     let bytes = read_body(s, headers, body).await?;
-    let mut images: Vec<(String, Bytes)> = Vec::new();
-    if is_image {
-        images.push(("image".to_owned(), bytes));
-    } else {
-        let boundary = multer::parse_boundary(&ctype)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad multipart Content-Type: {e}")))?;
-        let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(bytes) });
-        let mut mp = multer::Multipart::new(stream, boundary);
-        loop {
-            let field = mp.next_field().await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad multipart body: {e}")))?;
-            let Some(field) = field else { break };
-            let name = field.file_name().or(field.name()).unwrap_or("image").to_owned();
-            let data = field.bytes().await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad multipart part '{name}': {e}")))?;
-            images.push((name, data));
-        }
-        if images.is_empty() {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "the multipart body has no parts: attach at least one image"));
-        }
-    }
+    let images = request_images(&ctype, bytes).await?;
     let mut waits = Vec::with_capacity(images.len());
     for (name, data) in &images {
         let (st, data2) = (s.clone(), data.clone());
@@ -311,6 +285,49 @@ async fn handle(s: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Ve
         out.push(serde_json::json!({"name": name, "label": s.vocab[best], "index": best, "top": top}));
     }
     Ok(out)
+}
+
+/// Whether a `/predict` body is one image (`image/*`) or a `multipart/form-data` form;
+/// any other Content-Type is refused (415) before the body is read.
+fn body_kind(ctype: &str) -> Result<bool, ApiError> {
+    if ctype.starts_with("image/") {
+        Ok(true)
+    } else if ctype.starts_with("multipart/form-data") {
+        Ok(false)
+    } else {
+        let got = if ctype.is_empty() { "no Content-Type".to_owned() } else { format!("Content-Type '{ctype}'") };
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{got}: send an image (Content-Type: image/jpeg, image/png, ...) or multipart/form-data with images"),
+        ))
+    }
+}
+
+/// The encoded images of a `/predict` request body, each with its name: the whole body
+/// (named "image") for `Content-Type: image/*`, or every part of a `multipart/form-data`
+/// body (named by its file name, else its field name, else "image"), in order. Nothing is
+/// decoded here (see [`crate::model::preprocess`]).
+///
+/// Errors, as the HTTP reply: another Content-Type (415); a missing or bad multipart
+/// boundary, a malformed multipart body or one with no parts (400), each naming what is
+/// wrong.
+pub async fn request_images(ctype: &str, body: Bytes) -> Result<Vec<(String, Bytes)>, ApiError> {
+    if body_kind(ctype)? {
+        return Ok(vec![("image".to_owned(), body)]);
+    }
+    let boundary = multer::parse_boundary(ctype).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad multipart Content-Type: {e}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
+    let mut mp = multer::Multipart::new(stream, boundary);
+    let mut images = Vec::new();
+    while let Some(field) = mp.next_field().await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad multipart body: {e}")))? {
+        let name = field.file_name().or(field.name()).unwrap_or("image").to_owned();
+        let data = field.bytes().await.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad multipart part '{name}': {e}")))?;
+        images.push((name, data));
+    }
+    if images.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the multipart body has no parts: attach at least one image"));
+    }
+    Ok(images)
 }
 
 /// Reads the whole body within the size limit and the slow-body deadline.

@@ -3,10 +3,10 @@
 
 use crate::model::{OnnxModel, preprocess};
 use anyhow::bail;
+use kestrel_image::batches::ordered_batches;
 use kestrel_image::decode::DecodeLimits;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One JSON line as `kestrel predict --json` prints it: `{"file", "label", "index",
 /// "top": [{"label", "index", "prob"}]}`, probabilities rounded to 4 decimals.
@@ -39,53 +39,24 @@ pub fn predict_paths(model: &mut OnnxModel, paths: &[PathBuf], bs: usize, worker
         preprocess(&bytes, &tfm, &limits).map_err(|e| anyhow::anyhow!("cannot decode {}: {e:#}", p.display()))
     };
     let mut results: Vec<Option<anyhow::Result<Vec<f32>>>> = (0..paths.len()).map(|_| None).collect();
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, anyhow::Result<Vec<u8>>)>(2 * bs);
-    std::thread::scope(|s| {
-        for _ in 0..workers.max(1) {
-            let (tx, next, load) = (tx.clone(), &next, &load);
-            s.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= paths.len() || tx.send((i, load(&paths[i]))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        let mut batch: Vec<(usize, Vec<u8>)> = Vec::with_capacity(bs);
-        let mut flush = |batch: &mut Vec<(usize, Vec<u8>)>, results: &mut Vec<Option<anyhow::Result<Vec<f32>>>>| {
-            if batch.is_empty() {
-                return;
-            }
-            let n = batch.len();
-            let pixels: Vec<u8> = batch.iter().flat_map(|(_, px)| px.iter().copied()).collect();
-            match model.probs(pixels, n) {
-                Ok(rows) => {
-                    for ((i, _), row) in batch.iter().zip(rows) {
-                        results[*i] = Some(Ok(row));
-                    }
-                }
-                Err(e) => {
-                    for (i, _) in batch.iter() {
-                        results[*i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[*i].display())));
-                    }
+    let failures = ordered_batches(paths.len(), bs, workers, |i| load(&paths[i]), |idx, items| {
+        let n = items.len();
+        match model.probs(items.concat(), n) {
+            Ok(rows) => {
+                for (i, row) in idx.into_iter().zip(rows) {
+                    results[i] = Some(Ok(row));
                 }
             }
-            batch.clear();
-        };
-        for (i, r) in rx {
-            match r {
-                Ok(px) => batch.push((i, px)),
-                Err(e) => results[i] = Some(Err(e)),
-            }
-            if batch.len() == bs {
-                flush(&mut batch, &mut results);
+            Err(e) => {
+                for i in idx {
+                    results[i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[i].display())));
+                }
             }
         }
-        flush(&mut batch, &mut results);
     });
+    for (i, e) in failures {
+        results[i] = Some(Err(e));
+    }
     results
         .into_iter()
         .zip(paths)
