@@ -55,7 +55,7 @@ grep -iE 'ratio|ignored|not an image|split|train' "$out/check-data.log" | head -
 timed fine-tune "$kestrel" fine-tune --csv "$CALTECH/labels.csv" --valid-col is_valid "${recipe[@]}" --out "$out/model"
 ft_wall=$WALL ft_rss=$RSS
 ft_err=$(awk '/^error_rate /{print $2}' "$out/fine-tune.log")
-n_valid=$(grep -ci ',true$' "$CALTECH/labels.csv" || true)
+n_valid=$(tr -d '\r' < "$CALTECH/labels.csv" | grep -ci ',true$' || true)
 grep -E '^(epoch|[0-9]+ )' "$out/fine-tune.log" || true
 
 timed pets "$kestrel" fine-tune --csv "$PETS/labels.csv" --valid-col is_valid "${recipe[@]}" --out "$out/pets"
