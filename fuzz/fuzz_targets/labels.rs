@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(l) = Labeller::name_regex(pattern)
     {
         let paths = lines.take(64).map(std::path::PathBuf::from).collect();
-        let items = Items { paths, table: None, n_ignored: 0 };
+        let items = Items { paths, table: None, n_ignored: 0, ignored: Vec::new() };
         let _ = l.label_all(&items);
     }
     let csv = kestrel_fuzz::scratch().join("labels.csv");
