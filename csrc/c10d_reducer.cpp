@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <limits>
 #include <memory>
+#include <sstream>
 #include <unordered_map>
 
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
@@ -17,6 +18,59 @@
 
 #include "c10d_internal.hpp"
 #include "c10d_shim.h"
+
+namespace {
+// The bracketed integer lists of `s`, in order ("[1280, 320, 1, 1]" -> {1280, 320, 1, 1}).
+std::vector<std::vector<int64_t>> int_lists(const std::string& s) {
+  std::vector<std::vector<int64_t>> out;
+  for (size_t i = s.find('['); i != std::string::npos; i = s.find('[', i + 1)) {
+    size_t j = s.find(']', i);
+    if (j == std::string::npos) break;
+    std::string body = s.substr(i + 1, j - i - 1);
+    std::replace(body.begin(), body.end(), ',', ' ');
+    std::istringstream in(body);
+    std::vector<int64_t> v;
+    for (int64_t x; in >> x;) v.push_back(x);
+    out.push_back(v);
+  }
+  return out;
+}
+
+// c10d::Reducer warns (once per process) when a gradient's strides differ from its bucket
+// view's, and compares the strides of size-1 dimensions too: a 1x1 convolution's weight
+// gradient in channels-last layout ([C, 1, C, C]) against a bucket view of the same memory
+// order ([C, 1, 1, 1]) makes it warn about nothing (pytorch/pytorch#47163). This handler
+// drops that warning when the strides differ only at size-1 dimensions and passes every
+// other warning, the real stride mismatches included, to the handler that was in place.
+class SpuriousStrideWarningFilter : public c10::WarningHandler {
+ public:
+  explicit SpuriousStrideWarningFilter(c10::WarningHandler* next) : next_(next) {}
+  void process(const c10::Warning& w) override {
+    if (!spurious(w.msg())) next_->process(w);
+  }
+
+ private:
+  static bool spurious(const std::string& msg) {
+    if (msg.rfind("Grad strides do not match bucket view strides", 0) != 0) return false;
+    auto l = int_lists(msg);  // grad sizes, grad strides, bucket sizes, bucket strides
+    if (l.size() < 4 || l[0] != l[2] || l[1].size() != l[0].size() || l[3].size() != l[0].size()) return false;
+    for (size_t d = 0; d < l[0].size(); ++d) {
+      if (l[0][d] != 1 && l[1][d] != l[3][d]) return false;
+    }
+    return true;
+  }
+  c10::WarningHandler* next_;
+};
+
+void filter_spurious_stride_warnings() {
+  static auto* filter = [] {
+    auto* f = new SpuriousStrideWarningFilter(c10::WarningUtils::get_warning_handler());
+    c10::WarningUtils::set_warning_handler(f);
+    return f;
+  }();
+  (void)filter;
+}
+}  // namespace
 
 struct kd_reducer {
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
@@ -31,6 +85,7 @@ char* kd_reducer_new(kd_pg* p, void* const* params, size_t n, int64_t bucket_byt
   return kd::guarded("Reducer", [&] {
     auto v = kd::tensors(params, n);
     if (v.empty()) throw std::invalid_argument("no parameter requires a gradient");
+    filter_spurious_stride_warnings();
     // The Reducer calls collectives through a ProcessGroup, which dispatches them by
     // device type to its backend: wrap the shim's Gloo (CPU) or NCCL (CUDA) backend.
     auto device = v[0].device().type();
