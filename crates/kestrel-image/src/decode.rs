@@ -116,6 +116,12 @@ pub fn decode_with_info(path: &Path) -> crate::Result<(RgbImage, DecodeInfo)> {
     decode_bytes(&bytes).with_context(|| format!("cannot decode {}", path.display()))
 }
 
+/// The codec's working buffers may hold this many times the decoded image's bytes (RGBA
+/// frames, colour planes, rows) plus [`CODEC_SLACK`]; more is refused as a lie of the header.
+const CODEC_BUFFERS: u64 = 4;
+/// Bytes any codec may use whatever the image's size (tables, zlib state, small frames).
+const CODEC_SLACK: u64 = 64 << 20;
+
 /// What decoding accepts, checked from the image header before any pixel buffer is
 /// allocated (a 100,000 × 100,000 PNG header is refused without allocating 30 GB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +129,10 @@ pub struct DecodeLimits {
     /// Most pixels (width × height) of an image; PIL's decompression-bomb error threshold
     /// (2 × `Image.MAX_IMAGE_PIXELS` = 178,956,970) by default.
     pub max_pixels: u64,
-    /// Most bytes the decoder may allocate (the image crate's `Limits::max_alloc`), 2 GiB by default.
+    /// Most bytes the codec may allocate for its own buffers (the image crate's
+    /// `Limits::max_alloc`), 2 GiB by default; lowered for each image to 4 × its decoded
+    /// size + 64 MiB, so that a header cannot announce a small image and then make the
+    /// codec allocate a large one.
     pub max_alloc: u64,
 }
 
@@ -141,7 +150,8 @@ pub fn decode_bytes(bytes: &[u8]) -> crate::Result<(RgbImage, DecodeInfo)> {
 
 /// [`decode_bytes`] with explicit [`DecodeLimits`] on top of the process-wide
 /// [`ImageLimits`] (checked first). Errors as [`decode_rgb`], plus an image larger than
-/// either limit ("W × H = N pixels, more than the limit of M"), refused from its header.
+/// either limit ("W × H = N pixels, more than the limit of M"), refused from its header,
+/// and codec buffers beyond [`DecodeLimits::max_alloc`] (a frame larger than the image).
 pub fn decode_bytes_limited(bytes: &[u8], limits: &DecodeLimits) -> crate::Result<(RgbImage, DecodeInfo)> {
     if bytes.is_empty() {
         bail!("the file is empty (0 bytes)");
@@ -169,6 +179,12 @@ pub fn decode_bytes_limited(bytes: &[u8], limits: &DecodeLimits) -> crate::Resul
     if pixels == 0 {
         bail!("the image is {} x {} pixels: nothing to predict", stored_size.0, stored_size.1);
     }
+    // The codec's own buffers get a budget from the declared size: the header can lie about
+    // the rest. A 463-byte GIF found by fuzzing declares a 13 x 9 screen, then an
+    // 18,770 x 16,674 frame that the GIF codec would allocate (1.25 GB).
+    let mut lim = image::Limits::default();
+    lim.max_alloc = Some(limits.max_alloc.min(dec.total_bytes().saturating_mul(CODEC_BUFFERS).saturating_add(CODEC_SLACK)));
+    dec.set_limits(lim).with_context(|| format!("bad {format:?} header"))?;
     let color = format!("{:?}", dec.original_color_type());
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(dec).with_context(|| format!("corrupt or truncated {format:?} data"))?;
