@@ -193,6 +193,19 @@ fn stray_file_is_reported_not_fatal() {
     assert!(text.contains("not images, left out (1)") && text.contains("dog/tmp"), "{text}");
 }
 
+#[test]
+fn a_single_class_is_an_error_naming_the_labeller() {
+    // A stray photo beside the class folders: the folder is not a class-folder layout, the
+    // file-name regex labels everything `image` — one class, which must not train.
+    let d = tempfile::tempdir().unwrap();
+    photos(&d.path().join("cat"), 5);
+    photos(&d.path().join("dog"), 5);
+    RgbImage::from_pixel(12, 12, Rgb([1, 2, 3])).save(d.path().join("image_0099.png")).unwrap();
+    let e = err(&opts(&["--folder", d.path().to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$"]));
+    assert!(e.contains("only 1 class ('image')") && e.contains("at least 2") && e.contains("RegexLabeller"), "{e}");
+    assert!(e.contains("stray photo beside the class folders"), "{e}");
+}
+
 /// A 20:1 folder: 400 `big` photos, 20 `small` ones.
 fn imbalanced(dir: &Path) {
     photos(&dir.join("big"), 400);

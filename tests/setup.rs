@@ -53,4 +53,14 @@ fn atomic_write_replaces_whole_file() {
     write_atomic(&p, b"second").unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), b"second");
     assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    // The mode of any new file (0666 minus the umask), not a temporary file's 0600: a
+    // service running as another user must be able to read an exported model.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), mode(&plain));
+    }
 }

@@ -22,7 +22,7 @@ SAMPLE=${KESTREL_PETS_SAMPLE:-"$root/../shared/data/oxford-pets-sample"}
 [ -f "$SAMPLE/labels.csv" ] || { echo "needs the pets sample at $SAMPLE (set KESTREL_PETS_SAMPLE)"; exit 1; }
 cargo build --bin kestrel
 kestrel="$CARGO_TARGET_DIR/debug/kestrel"
-n_valid=$(grep -ci ',true$' "$SAMPLE/labels.csv" || true)
+n_valid=$(tr -d '\r' < "$SAMPLE/labels.csv" | grep -ci ',true$' || true)
 mkdir -p runs/bench
 err() { grep '^error_rate ' "$1" | tail -1 | awk '{print $2}'; }
 echo "| seed | 1 proc x 2 threads, bs 32: wall s / error | 2 procs x 1 thread, bs 16 each: wall s / error | wall ratio | photos apart | all-reduce per step (overlapped with backward) |"

@@ -241,7 +241,8 @@ impl DataBlock {
     /// non-image files.
     ///
     /// Errors: no items; a labeller failing on some items (how many, first names); an
-    /// empty training or validation set; labels that occur only in validation (named).
+    /// empty training or validation set; labels that occur only in validation (named);
+    /// fewer than 2 classes in a single-label training set (naming the labeller).
     pub fn datasets(&self) -> crate::Result<Datasets> {
         let items = self.items()?;
         if items.is_empty() {
@@ -268,6 +269,15 @@ impl DataBlock {
             Some(m) => CategoryMap::new(train.iter().flat_map(|&i| m[i].iter())),
             None => CategoryMap::new(train.iter().map(|&i| &labels[i])),
         };
+        if multi.is_none() && vocab.len() < 2 {
+            let only = vocab.items().first().map_or(String::new(), |c| format!(" ('{c}')"));
+            bail!(
+                "only {} class{only} among the {} training images of {} (labels from {}): a classifier needs at least 2. \
+                 Photos in class folders need the folder that holds the class folders (or --label-from parent); \
+                 a stray photo beside the class folders makes kestrel fall back to file-name labels",
+                vocab.len(), train.len(), self.source_name(), self.labeller.describe()
+            );
+        }
         Ok(Datasets { items, labels, multi_labels: multi, train, valid, vocab, warnings })
     }
 
