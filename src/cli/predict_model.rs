@@ -33,14 +33,7 @@ pub struct PredictModelOptions {
     pub min_prob: f64,
 }
 
-/// The answer of `predict --min-prob P` when no class reaches probability P.
-pub const UNKNOWN: &str = "unknown";
-
-/// Default of `predict --min-prob`: below this highest (calibrated) probability the answer
-/// is [`UNKNOWN`]. Provisional: `scripts/bench/recipe_cv.sh` prints, for P from 0.3 to 0.8,
-/// the share of out-of-distribution photos (Caltech-101) a pets model answers unknown
-/// against the share of its own validation photos (and of its right answers) it loses.
-pub const DEFAULT_MIN_PROB: f64 = 0.5;
+pub use kestrel_image::answer::{DEFAULT_MIN_PROB, UNKNOWN};
 
 impl Default for PredictModelOptions {
     fn default() -> Self {
@@ -68,9 +61,7 @@ impl Default for PredictModelOptions {
 /// Errors: `min_prob` outside [0, 1]; the model cannot be loaded; no photos; the CSV cannot be written; and, after
 /// printing everything, "N of M photos could not be predicted" when some failed.
 pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crate::Result<()> {
-    if !(0.0..=1.0).contains(&opts.min_prob) {
-        bail!("--min-prob {}: expected a probability in [0, 1]", opts.min_prob);
-    }
+    kestrel_image::answer::check_min_prob(opts.min_prob)?;
     let predictor = Predictor::load(model, opts.device)?;
     let paths = expand_image_paths(inputs)?;
     if paths.is_empty() {
@@ -138,7 +129,7 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
 /// True when the prediction's highest probability reaches `min_prob`. A multi-label
 /// prediction is always known: its threshold already decides (an empty label set is "none").
 pub fn is_known(p: &Prediction, min_prob: f64) -> bool {
-    p.labels.is_some() || p.probs[p.index] as f64 >= min_prob
+    p.labels.is_some() || kestrel_image::answer::is_known(p.probs[p.index], min_prob)
 }
 
 fn json_line(path: &Path, p: &Prediction, known: bool, top: &[(usize, f32)], vocab: &[String]) -> serde_json::Value {

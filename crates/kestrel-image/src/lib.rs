@@ -3,9 +3,11 @@
 //! The part of kestrel's preprocessing that runs on the CPU before any tensor exists, with
 //! no libtorch: decoding photos to 8-bit RGB with the EXIF orientation applied
 //! ([`decode`]), fastai's presizing item transforms ([`resize`]), finding image files
-//! ([`files`]) and loading them on worker threads in ordered batches ([`batches`]). `kestrel` (training, `predict`) and `kestrel-serve` (ONNX inference) both
+//! ([`files`]), loading them on worker threads in ordered batches ([`batches`]), and the
+//! rule for answering `unknown` ([`answer`]). `kestrel` (training, `predict`) and `kestrel-serve` (ONNX inference) both
 //! use this crate, so a deployed model sees exactly the pixels that validation saw.
 
+pub mod answer;
 pub mod batches;
 pub mod decode;
 pub mod files;

@@ -16,7 +16,7 @@
 
 use crate::metrics::Metrics;
 use crate::model::{OnnxModel, preprocess};
-use crate::predict::top_k;
+use crate::predict::answer;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -54,6 +54,9 @@ pub struct HttpOptions {
     pub concurrency: usize,
     /// Classes returned per image (`--topk`).
     pub topk: usize,
+    /// Below this top probability the label is `unknown` and the index `null`, as
+    /// `kestrel predict --min-prob` answers (`--min-prob`, default 0.5; 0 turns it off).
+    pub min_prob: f64,
 }
 
 impl Default for HttpOptions {
@@ -68,6 +71,7 @@ impl Default for HttpOptions {
             body_timeout: Duration::from_secs(10),
             concurrency: 64,
             topk: 3,
+            min_prob: kestrel_image::answer::DEFAULT_MIN_PROB,
         }
     }
 }
@@ -277,12 +281,8 @@ async fn handle(s: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Ve
             .await
             .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the inference worker has stopped"))?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-        let top: Vec<serde_json::Value> = top_k(&probs, s.opts.topk.max(1))
-            .into_iter()
-            .map(|(i, p)| serde_json::json!({"label": s.vocab[i], "index": i, "prob": (p as f64 * 1e4).round() / 1e4}))
-            .collect();
-        let best = top_k(&probs, 1)[0].0;
-        out.push(serde_json::json!({"name": name, "label": s.vocab[best], "index": best, "top": top}));
+        let (label, index, top) = answer(&probs, &s.vocab, s.opts.topk, s.opts.min_prob);
+        out.push(serde_json::json!({"name": name, "label": label, "index": index, "top": top}));
     }
     Ok(out)
 }

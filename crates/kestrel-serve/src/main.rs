@@ -43,6 +43,10 @@ enum Command {
         /// Threads decoding photos (default: the number of CPUs).
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
+        /// Answer `unknown` when no class reaches this probability, as `kestrel predict
+        /// --min-prob` (0 turns it off). The photo's top classes are still listed.
+        #[arg(long, value_name = "P", default_value_t = kestrel_image::answer::DEFAULT_MIN_PROB)]
+        min_prob: f64,
     },
     /// Serve the model over HTTP: POST /predict, GET / (drag-and-drop page), /healthz,
     /// /readyz, /metrics. SIGTERM or Ctrl-C drains the requests in flight, then exits.
@@ -83,6 +87,10 @@ enum Command {
         /// Classes returned per image.
         #[arg(long, default_value_t = 3)]
         topk: usize,
+        /// Label `unknown` (index null) when no class reaches this probability, as `kestrel
+        /// predict --min-prob` (0 turns it off).
+        #[arg(long, value_name = "P", default_value_t = kestrel_image::answer::DEFAULT_MIN_PROB)]
+        min_prob: f64,
     },
 }
 
@@ -90,13 +98,14 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     model::init_runtime(cli.ort_lib.as_deref())?;
     match cli.command {
-        Command::Predict { paths, topk, bs, workers } => {
+        Command::Predict { paths, topk, bs, workers, min_prob } => {
             let (model_path, inputs) = paths.split_first().expect("clap requires 2 paths");
             let mut m = model::OnnxModel::load(model_path, cli.threads)?;
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            predict::run(&mut m, inputs, bs, workers, topk)
+            predict::run(&mut m, inputs, bs, workers, topk, min_prob)
         }
-        Command::Http { model, host, port, max_batch, max_wait_ms, queue, max_body_mb, max_pixels, timeout_s, body_timeout_s, concurrency, topk } => {
+        Command::Http { model, host, port, max_batch, max_wait_ms, queue, max_body_mb, max_pixels, timeout_s, body_timeout_s, concurrency, topk, min_prob } => {
+            kestrel_image::answer::check_min_prob(min_prob)?;
             let m = model::OnnxModel::load(&model, cli.threads)?;
             let opts = http::HttpOptions {
                 max_batch,
@@ -108,6 +117,7 @@ fn run() -> anyhow::Result<()> {
                 body_timeout: Duration::from_secs(body_timeout_s),
                 concurrency,
                 topk,
+                min_prob,
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {

@@ -3,21 +3,34 @@
 
 use crate::model::{OnnxModel, preprocess};
 use anyhow::bail;
+use kestrel_image::answer::{UNKNOWN, is_known};
 use kestrel_image::batches::ordered_batches;
 use kestrel_image::decode::DecodeLimits;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One JSON line as `kestrel predict --json` prints it: `{"file", "label", "index",
-/// "top": [{"label", "index", "prob"}]}`, probabilities rounded to 4 decimals.
-pub fn json_line(file: &str, probs: &[f32], vocab: &[String], topk: usize) -> serde_json::Value {
+/// "top": [{"label", "index", "prob"}]}`, probabilities rounded to 4 decimals; label
+/// `unknown` and index `null` when the top probability is below `min_prob`
+/// ([`kestrel_image::answer`]).
+pub fn json_line(file: &str, probs: &[f32], vocab: &[String], topk: usize, min_prob: f64) -> serde_json::Value {
+    let (label, index, top) = answer(probs, vocab, topk, min_prob);
+    serde_json::json!({"file": file, "label": label, "index": index, "top": top})
+}
+
+/// The answer for one photo's probabilities, as `kestrel predict` gives it: its label
+/// (`unknown` below `min_prob`), its class index (`null` then) and the `topk` most
+/// probable classes as `[{"label", "index", "prob"}]`, probabilities rounded to 4 decimals.
+pub fn answer(probs: &[f32], vocab: &[String], topk: usize, min_prob: f64) -> (String, serde_json::Value, Vec<serde_json::Value>) {
     let top = top_k(probs, topk.max(1));
-    let best = top[0].0;
-    let top: Vec<serde_json::Value> = top
+    let (best, p) = top[0];
+    let known = is_known(p, min_prob);
+    let top = top
         .iter()
         .map(|&(i, p)| serde_json::json!({"label": vocab[i], "index": i, "prob": (p as f64 * 1e4).round() / 1e4}))
         .collect();
-    serde_json::json!({"file": file, "label": vocab[best], "index": best, "top": top})
+    let label = if known { vocab[best].clone() } else { UNKNOWN.to_owned() };
+    (label, if known { serde_json::json!(best) } else { serde_json::Value::Null }, top)
 }
 
 /// The `k` most probable classes (index, probability), most probable first, ties by index.
@@ -67,9 +80,10 @@ pub fn predict_paths(model: &mut OnnxModel, paths: &[PathBuf], bs: usize, worker
 /// Predicts every photo of `inputs` (files, or folders searched recursively) and prints
 /// one JSON line each, in order (an unreadable photo gets `{"file", "error"}`).
 ///
-/// Errors: a path that does not exist; no photos; after printing everything, "N of M
-/// photos could not be predicted".
-pub fn run(model: &mut OnnxModel, inputs: &[PathBuf], bs: usize, workers: usize, topk: usize) -> anyhow::Result<()> {
+/// Errors: `min_prob` outside [0, 1]; a path that does not exist; no photos; after
+/// printing everything, "N of M photos could not be predicted".
+pub fn run(model: &mut OnnxModel, inputs: &[PathBuf], bs: usize, workers: usize, topk: usize, min_prob: f64) -> anyhow::Result<()> {
+    kestrel_image::answer::check_min_prob(min_prob)?;
     let paths = kestrel_image::files::expand_image_paths(inputs)?;
     if paths.is_empty() {
         bail!("no photos found in {}", inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
@@ -80,7 +94,7 @@ pub fn run(model: &mut OnnxModel, inputs: &[PathBuf], bs: usize, workers: usize,
     for (path, r) in paths.iter().zip(&results) {
         let file = path.display().to_string();
         let line = match r {
-            Ok(probs) => json_line(&file, probs, &model.info.vocab, topk),
+            Ok(probs) => json_line(&file, probs, &model.info.vocab, topk, min_prob),
             Err(e) => {
                 failed += 1;
                 serde_json::json!({"file": file, "error": format!("{e:#}")})
@@ -92,4 +106,23 @@ pub fn run(model: &mut OnnxModel, inputs: &[PathBuf], bs: usize, workers: usize,
         bail!("{failed} of {} photos could not be predicted (see the messages above)", paths.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn below_min_prob_the_answer_is_unknown_with_the_classes_still_listed() {
+        let vocab: Vec<String> = ["cat", "dog", "bird"].map(String::from).to_vec();
+        let probs = [0.2, 0.45, 0.35];
+        let j = json_line("a.jpg", &probs, &vocab, 2, 0.5);
+        assert_eq!(j["label"], "unknown");
+        assert!(j["index"].is_null());
+        assert_eq!(j["top"][0]["label"], "dog");
+        assert_eq!(j["top"][1]["prob"], 0.35);
+        let j = json_line("a.jpg", &probs, &vocab, 2, 0.4);
+        assert_eq!((j["label"].as_str(), j["index"].as_u64()), (Some("dog"), Some(1)));
+        assert_eq!(json_line("a.jpg", &probs, &vocab, 1, 0.0)["label"], "dog");
+    }
 }
