@@ -157,6 +157,9 @@ pub struct MultiLabelOutcome {
 ///
 /// Errors: as [`fine_tune`].
 pub fn run(args: FineTuneArgs) -> crate::Result<()> {
+    if args.epochs + args.freeze_epochs == 0 && args.recipe.time.is_none() {
+        bail!("--epochs 0 with --freeze-epochs 0: nothing to train (fine_tune needs at least one epoch)");
+    }
     launch_if_asked(&args.dist, &args.data.device)?;
     let r = fine_tune(&args)?;
     if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
@@ -591,7 +594,7 @@ fn parse_lr(s: &str) -> crate::Result<f64> {
 /// The command line of this process, quoted for a shell, with `kestrel` as its program.
 fn plain_command() -> String {
     let mut cmd: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
-    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
+    // cmd[0] stays the program as it was typed (a path when kestrel is not on PATH).
     cmd.join(" ")
 }
 
@@ -609,7 +612,7 @@ fn resume_command(lr: f64, out: &std::path::Path) -> String {
         }
         i += 1;
     }
-    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
+    // cmd[0] stays the program as it was typed (a path when kestrel is not on PATH).
     let is_pets = cmd.get(1).is_some_and(|c| c == "pets");
     if !is_pets { cmd.push(format!("--lr {lr:e}")); }
     cmd.push(format!("--out {}", shell_quote(&out.display().to_string())));
