@@ -516,7 +516,10 @@ fn export_model(
 /// and classification report.
 fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Path) -> crate::Result<Vec<Section>> {
     let preds = get_preds(learn.model.as_ref(), learn.dls.valid.as_ref())?;
-    let interp = ClassificationInterpretation::new(&preds, learn.dls.vocab.items().to_vec(), valid_items.to_vec())?;
+    // Photos --skip-bad left out have no prediction.
+    let skipped = learn.dls.valid.skipped_items();
+    let items: Vec<PathBuf> = valid_items.iter().enumerate().filter(|(i, _)| skipped.binary_search(i).is_err()).map(|(_, p)| p.clone()).collect();
+    let interp = ClassificationInterpretation::new(&preds, learn.dls.vocab.items().to_vec(), items)?;
     plot_confusion_matrix(&interp, &out.join("confusion_matrix.png"), false)?;
     plot_top_losses(&interp, 9, &out.join("top_losses.png"))?;
     let rows = interp.most_confused(1).into_iter().map(|(a, p, c)| vec![a, p, c.to_string()]).collect();
@@ -594,7 +597,7 @@ fn parse_lr(s: &str) -> crate::Result<f64> {
 /// The command line of this process, quoted for a shell, with `kestrel` as its program.
 fn plain_command() -> String {
     let mut cmd: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
-    // cmd[0] stays the program as it was typed (a path when kestrel is not on PATH).
+    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
     cmd.join(" ")
 }
 
