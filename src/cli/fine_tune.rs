@@ -623,7 +623,8 @@ fn resume_command(lr: f64, out: &std::path::Path) -> String {
     cmd.join(" ")
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` quoted for a POSIX shell when it holds anything beyond plain word characters.
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%^".contains(c)) {
         s.to_string()
     } else {
