@@ -211,7 +211,7 @@ fn sigterm_and_kill_9_resume_to_the_uninterrupted_metrics() {
     assert!(answered < Duration::from_secs(10), "answered in {answered:?}");
     let cmd = stderr.lines().skip_while(|l| !l.contains("resume with:")).nth(1).expect("the resume command is printed").trim();
     assert!(cmd.ends_with("--resume") && cmd.contains("--checkpoint-every 1b"), "{cmd}");
-    let o = output(Command::new("sh").arg("-c").arg(cmd.replacen("kestrel", BIN, 1)).env("OMP_NUM_THREADS", "1"));
+    let o = output(Command::new("sh").arg("-c").arg(cmd).env("OMP_NUM_THREADS", "1"));
     assert!(o.status.success(), "the printed command resumes and finishes");
     assert_same_metrics(&last_metrics(&out), &want);
 
@@ -264,6 +264,27 @@ fn sigterm_before_training_exits_at_once_with_nothing_to_resume() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("run the same command again") || stderr.contains("run the command again"), "{stderr}");
     assert!(!out.join("checkpoint.pth").exists());
+}
+
+#[test]
+fn sigterm_during_the_lr_find_command_prints_the_command_to_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes(&images, 12);
+    let png = tmp.path().join("lr.png");
+    let a: Vec<String> = ["lr-find", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
+        "--arch", "efficientnet_lite0", "--no-pretrained", "--presize", "40", "--size", "32", "--bs", "8",
+        "--workers", "1", "--num-it", "100000", "--out", png.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let child = spawn(&a);
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    eprintln!("SIGTERM in kestrel lr-find answered in {:.2} s\n{stderr}", t.elapsed().as_secs_f64());
+    assert!(!o.status.success() && t.elapsed() < Duration::from_secs(10));
+    assert!(stderr.contains("interrupted during lr_find") && stderr.contains("run the same command again") && stderr.contains("lr-find"), "{stderr}");
+    assert!(!png.exists(), "no plot of an interrupted sweep");
 }
 
 /// Runs `a` with a file-size limit of `limit` bytes (RLIMIT_FSIZE, as a full disk: writes

@@ -187,6 +187,15 @@ fn skip_bad_leaves_out_bad_files_and_counts_them() {
     let total: i64 = dl.batches(0).map(|b| b.unwrap().x.size()[0]).sum();
     assert_eq!(total as usize + dl.n_skipped(), dl.n_items());
     assert_eq!(dls.valid.n_skipped() + dls.train.n_skipped(), 2);
+    // Another pass counts (and warns about) each bad file once; skipped_items names them.
+    let _ = dl.batches(1).count();
+    assert_eq!(dls.valid.n_skipped() + dls.train.n_skipped(), 2);
+    let mut names: Vec<String> = [&dls.valid, &dls.train]
+        .iter()
+        .flat_map(|l| l.skipped_items().into_iter().map(|i| l.paths()[i].file_name().unwrap().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cat_9.png", "dog_9.png"]);
 }
 
 #[test]

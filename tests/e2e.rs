@@ -193,8 +193,8 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(out.join("checkpoint.pth").is_file());
     let cmd = stderr.lines().skip_while(|l| !l.contains("resume with:")).nth(1).expect("the resume command is printed").trim();
-    assert!(cmd.starts_with("kestrel fine-tune ") && cmd.ends_with("--resume") && cmd.contains("--lr "), "{cmd}");
-    let status = Command::new("sh").arg("-c").arg(cmd.replacen("kestrel", BIN, 1)).env_remove("KESTREL_INTERRUPT_AFTER").output().unwrap();
+    assert!(cmd.starts_with(&format!("{BIN} fine-tune ")) && cmd.ends_with("--resume") && cmd.contains("--lr "), "the program as typed: {cmd}");
+    let status = Command::new("sh").arg("-c").arg(cmd).env_remove("KESTREL_INTERRUPT_AFTER").output().unwrap();
     eprintln!("{}{}", String::from_utf8_lossy(&status.stdout), String::from_utf8_lossy(&status.stderr));
     assert!(status.status.success(), "the printed command resumes and finishes");
     assert!(String::from_utf8_lossy(&status.stdout).contains("resuming at phase 1, epoch 0, batch 2"));

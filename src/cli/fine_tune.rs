@@ -157,6 +157,9 @@ pub struct MultiLabelOutcome {
 ///
 /// Errors: as [`fine_tune`].
 pub fn run(args: FineTuneArgs) -> crate::Result<()> {
+    if args.epochs + args.freeze_epochs == 0 && args.recipe.time.is_none() {
+        bail!("--epochs 0 with --freeze-epochs 0: nothing to train (fine_tune needs at least one epoch)");
+    }
     launch_if_asked(&args.dist, &args.data.device)?;
     let r = fine_tune(&args)?;
     if crate::distributed::group().is_some_and(|g| g.rank() != 0) { return Ok(()); }
@@ -513,7 +516,10 @@ fn export_model(
 /// and classification report.
 fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Path) -> crate::Result<Vec<Section>> {
     let preds = get_preds(learn.model.as_ref(), learn.dls.valid.as_ref())?;
-    let interp = ClassificationInterpretation::new(&preds, learn.dls.vocab.items().to_vec(), valid_items.to_vec())?;
+    // Photos --skip-bad left out have no prediction.
+    let skipped = learn.dls.valid.skipped_items();
+    let items: Vec<PathBuf> = valid_items.iter().enumerate().filter(|(i, _)| skipped.binary_search(i).is_err()).map(|(_, p)| p.clone()).collect();
+    let interp = ClassificationInterpretation::new(&preds, learn.dls.vocab.items().to_vec(), items)?;
     plot_confusion_matrix(&interp, &out.join("confusion_matrix.png"), false)?;
     plot_top_losses(&interp, 9, &out.join("top_losses.png"))?;
     let rows = interp.most_confused(1).into_iter().map(|(a, p, c)| vec![a, p, c.to_string()]).collect();
@@ -609,7 +615,7 @@ fn resume_command(lr: f64, out: &std::path::Path) -> String {
         }
         i += 1;
     }
-    if cmd.first().is_some_and(|c| c.contains("kestrel")) { cmd[0] = "kestrel".into(); }
+    // cmd[0] stays the program as it was typed (a path when kestrel is not on PATH).
     let is_pets = cmd.get(1).is_some_and(|c| c == "pets");
     if !is_pets { cmd.push(format!("--lr {lr:e}")); }
     cmd.push(format!("--out {}", shell_quote(&out.display().to_string())));
@@ -617,7 +623,8 @@ fn resume_command(lr: f64, out: &std::path::Path) -> String {
     cmd.join(" ")
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` quoted for a POSIX shell when it holds anything beyond plain word characters.
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%^".contains(c)) {
         s.to_string()
     } else {

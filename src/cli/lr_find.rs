@@ -53,10 +53,19 @@ pub struct LrFindArgs {
 /// Runs `kestrel lr-find`: builds the learner as `fine-tune` does (or from `--from`),
 /// freezes the body unless `--unfreeze`, sweeps, prints the suggestions and writes the plot.
 ///
+/// Ctrl-C or SIGTERM ends the sweep after its batch: nothing was trained, so nothing is
+/// saved, and the error gives the command to run again.
+///
 /// Errors: bad options, the data and weight errors, a model file whose classes differ
-/// from the data's, a sweep too short to suggest anything, an unwritable PNG.
+/// from the data's, a sweep too short to suggest anything, an unwritable PNG, an interrupt.
 pub fn run(args: LrFindArgs) -> crate::Result<()> {
-    let r = lr_find(&args)?;
+    crate::callbacks::install_handler()?;
+    let r = lr_find(&args);
+    if crate::callbacks::interrupt_requested() {
+        let cmd: Vec<String> = std::env::args().map(|a| super::fine_tune::shell_quote(&a)).collect();
+        bail!("interrupted during lr_find (nothing trained, nothing to save); run the same command again:\n  {}", cmd.join(" "));
+    }
+    let r = r?;
     print_suggestions(&r, args.num_it);
     println!("plot: {}", args.out.display());
     Ok(())

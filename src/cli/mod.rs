@@ -24,15 +24,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// Refuse image files that declare more pixels (width × height) than this, before
-    /// decoding them; 0 for no limit. The default is PIL's `DecompressionBombError`
-    /// threshold, which admits 100-megapixel photos.
-    #[arg(long, global = true, value_name = "N", default_value_t = crate::data::decode::DEFAULT_MAX_PIXELS)]
-    pub max_image_pixels: u64,
-    /// Refuse image files that would decode to more than this many bytes per byte of file
-    /// (checked above 8 MiB decoded: a decompression bomb); 0 for no limit.
-    #[arg(long, global = true, value_name = "RATIO", default_value_t = crate::data::decode::DEFAULT_MAX_RATIO)]
-    pub max_image_ratio: u64,
+    /// The image size limits (`--max-image-pixels`, `--max-image-ratio`).
+    #[command(flatten)]
+    pub image_limits: crate::data::decode::ImageLimitArgs,
 }
 
 /// The subcommands.
@@ -65,10 +59,7 @@ pub enum Command {
 /// Errors: whatever the subcommand returns; `main` prints it with its causes.
 pub fn main() -> crate::Result<()> {
     let cli = Cli::parse();
-    crate::data::decode::set_limits(crate::data::decode::ImageLimits {
-        max_pixels: cli.max_image_pixels,
-        max_ratio: cli.max_image_ratio,
-    });
+    cli.image_limits.apply();
     match cli.command {
         Command::Data(a) => data::run(a),
         Command::CheckData(a) => check_data::run(a),

@@ -11,9 +11,9 @@ use crate::transforms::BatchTransform;
 use crate::util::rng::{Rng, derived};
 use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
@@ -58,7 +58,8 @@ struct Inner {
     train: bool,
     seed: u64,
     skip_bad: bool,
-    skipped: AtomicUsize,
+    /// Items (indices into `paths`) `skip_bad` left out so far.
+    skipped: Mutex<BTreeSet<usize>>,
 }
 
 /// Mixes a seed and an epoch into one seed for per-item streams.
@@ -95,8 +96,10 @@ impl Inner {
             match r {
                 Ok(it) => items.push((idx, it)),
                 Err(e) if self.skip_bad => {
-                    self.skipped.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("skip_bad: leaving out {}: {e:#}", self.paths[idx].display());
+                    // Warned once per file, not every epoch.
+                    if self.skipped.lock().unwrap_or_else(|p| p.into_inner()).insert(idx) {
+                        log::warn!("skip_bad: leaving out {}: {e:#}", self.paths[idx].display());
+                    }
                 }
                 Err(e) => return Err(e.context(format!("loading item {}", self.paths[idx].display()))),
             }
@@ -208,7 +211,7 @@ impl ImageDataLoader {
             train: cfg.train,
             seed: cfg.seed,
             skip_bad: cfg.skip_bad,
-            skipped: AtomicUsize::new(0),
+            skipped: Mutex::new(BTreeSet::new()),
         });
         Ok(Self { inner, cfg, batch_tfms, shard: None })
     }
@@ -261,9 +264,9 @@ impl ImageDataLoader {
         &self.inner.targets
     }
 
-    /// Number of bad files left out so far (with `skip_bad`).
+    /// Number of bad files left out so far (with `skip_bad`), each counted once.
     pub fn n_skipped(&self) -> usize {
-        self.inner.skipped.load(Ordering::Relaxed)
+        self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The same loader restricted to one rank's share of every pass (PyTorch
@@ -351,6 +354,10 @@ impl BatchSource for ImageDataLoader {
 
     fn device(&self) -> Device {
         self.cfg.device
+    }
+
+    fn skipped_items(&self) -> Vec<usize> {
+        self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
     }
 
     fn batches(&self, epoch: u64) -> Box<dyn Iterator<Item = crate::Result<Batch>> + '_> {

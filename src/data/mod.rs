@@ -50,6 +50,12 @@ pub trait BatchSource: Send + Sync {
     /// The batches of pass `epoch` (0-based): the order depends only on the loader's seed
     /// and `epoch`, so a seeded run and a resumed run see the same batches.
     fn batches(&self, epoch: u64) -> Box<dyn Iterator<Item = crate::Result<Batch>> + '_>;
+    /// The items (indices in dataset order) left out so far because they could not be
+    /// loaded (`skip_bad`), ascending; none by default. Whoever lines predictions up with
+    /// the items drops these.
+    fn skipped_items(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 /// Training and validation loaders plus the vocabulary (fastai `DataLoaders`).

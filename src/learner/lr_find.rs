@@ -87,9 +87,9 @@ impl Learner {
         if let Some(nan) = losses[lo.min(hi)..hi].iter().position(|l| l.is_nan()) { hi = lo + nan; }
         if hi <= lo + 1 {
             let why = if losses.len() < num_it {
-                "the loss diverged early (raise num_it or lower start_lr)"
+                "the loss diverged early (raise num_it: lr-find --num-it, fine-tune --lr-find-iters; or lower start_lr: --start-lr)"
             } else {
-                "fastai's suggestions leave out the first tenth and the last 5 points (use at least 10 iterations)"
+                "fastai's suggestions leave out the first tenth and the last 5 points (use at least 10 iterations: lr-find --num-it, fine-tune --lr-find-iters)"
             };
             anyhow::bail!("lr_find ran {} batches: too few to suggest a learning rate ({why})", losses.len());
         }

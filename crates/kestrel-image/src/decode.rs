@@ -52,6 +52,28 @@ pub fn set_limits(l: ImageLimits) {
     MAX_RATIO.store(l.max_ratio, Ordering::Relaxed);
 }
 
+/// The command-line options of the process-wide [`ImageLimits`], the same in `kestrel` and
+/// `kestrel-serve` (flatten into a clap parser, then [`ImageLimitArgs::apply`]).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ImageLimitArgs {
+    /// Refuse image files that declare more pixels (width × height) than this, before
+    /// decoding them; 0 for no limit. The default is PIL's `DecompressionBombError`
+    /// threshold, which admits 100-megapixel photos.
+    #[arg(long, global = true, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_image_pixels: u64,
+    /// Refuse image files that would decode to more than this many bytes per byte of file
+    /// (checked above 8 MiB decoded: a decompression bomb); 0 for no limit.
+    #[arg(long, global = true, value_name = "RATIO", default_value_t = DEFAULT_MAX_RATIO)]
+    pub max_image_ratio: u64,
+}
+
+impl ImageLimitArgs {
+    /// Makes these the limits of every later decode in this process ([`set_limits`]).
+    pub fn apply(&self) {
+        set_limits(ImageLimits { max_pixels: self.max_image_pixels, max_ratio: self.max_image_ratio });
+    }
+}
+
 /// The limits in force (see [`set_limits`]).
 pub fn limits() -> ImageLimits {
     ImageLimits { max_pixels: MAX_PIXELS.load(Ordering::Relaxed), max_ratio: MAX_RATIO.load(Ordering::Relaxed) }

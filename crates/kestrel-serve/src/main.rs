@@ -23,6 +23,9 @@ struct Cli {
     /// onnxruntime intra-op threads (0: one per core).
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
+    /// The image size limits, as in `kestrel` (`--max-image-pixels`, `--max-image-ratio`).
+    #[command(flatten)]
+    image_limits: kestrel_image::decode::ImageLimitArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +99,7 @@ enum Command {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    cli.image_limits.apply();
     model::init_runtime(cli.ort_lib.as_deref())?;
     match cli.command {
         Command::Predict { paths, topk, bs, workers, min_prob } => {
