@@ -287,12 +287,14 @@ async fn handle(s: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Ve
     Ok(out)
 }
 
-/// Whether a `/predict` body is one image (`image/*`) or a `multipart/form-data` form;
-/// any other Content-Type is refused (415) before the body is read.
+/// Whether a `/predict` body is one image (`image/*`) or a `multipart/form-data` form
+/// (media types compare case-insensitively, RFC 9110 §8.3.1); any other Content-Type is
+/// refused (415) before the body is read.
 fn body_kind(ctype: &str) -> Result<bool, ApiError> {
-    if ctype.starts_with("image/") {
+    let lower = ctype.trim_start().to_ascii_lowercase();
+    if lower.starts_with("image/") {
         Ok(true)
-    } else if ctype.starts_with("multipart/form-data") {
+    } else if lower.starts_with("multipart/form-data") {
         Ok(false)
     } else {
         let got = if ctype.is_empty() { "no Content-Type".to_owned() } else { format!("Content-Type '{ctype}'") };
@@ -361,4 +363,19 @@ async fn read_body(s: &AppState, headers: &HeaderMap, mut body: Body) -> Result<
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "the body is empty: send the image's bytes"));
     }
     Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_compare_case_insensitively() {
+        assert!(body_kind("IMAGE/JPEG; charset=binary").unwrap());
+        assert!(body_kind("image/png").unwrap());
+        assert!(!body_kind("Multipart/Form-Data; boundary=x").unwrap());
+        let e = body_kind("text/plain").unwrap_err();
+        assert_eq!(e.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(e.1.contains("text/plain"), "{}", e.1);
+    }
 }
