@@ -274,7 +274,7 @@ impl Predictor {
     }
 
     /// Loads items on worker threads and runs the model on the calling thread batch by
-    /// batch, in path order ([`kestrel_image::batches::ordered_batches`]).
+    /// batch, in path order ([`kestrel_image::batches::map_files_in_batches`]).
     fn pipeline(
         &self,
         paths: &[PathBuf],
@@ -283,30 +283,11 @@ impl Predictor {
         load: &(dyn Fn(&Path) -> crate::Result<RgbImage> + Sync),
         run: &mut dyn FnMut(&[RgbImage]) -> crate::Result<Tensor>,
     ) -> Vec<crate::Result<Prediction>> {
-        let mut results: Vec<Option<crate::Result<Prediction>>> = (0..paths.len()).map(|_| None).collect();
-        let failures = kestrel_image::batches::ordered_batches(paths.len(), bs, workers, |i| load(&paths[i]), |idx, items| {
-            match run(&items).and_then(|p| Ok(Vec::<f32>::try_from(p.flatten(0, -1))?)) {
-                Ok(flat) => {
-                    let c = flat.len() / idx.len();
-                    for (k, &i) in idx.iter().enumerate() {
-                        results[i] = Some(Ok(Prediction::from_probs(flat[k * c..(k + 1) * c].to_vec(), self.vocab(), self.thresh())));
-                    }
-                }
-                Err(e) => {
-                    for &i in idx.iter() {
-                        results[i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[i].display())));
-                    }
-                }
-            }
-        });
-        for (i, e) in failures {
-            results[i] = Some(Err(e));
-        }
-        results
-            .into_iter()
-            .zip(paths)
-            .map(|(r, p)| r.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not processed", p.display()))))
-            .collect()
+        kestrel_image::batches::map_files_in_batches(paths, bs, workers, load, |items| {
+            let flat = Vec::<f32>::try_from(run(&items)?.flatten(0, -1))?;
+            let c = flat.len() / items.len().max(1);
+            Ok(flat.chunks_exact(c.max(1)).map(|p| Prediction::from_probs(p.to_vec(), self.vocab(), self.thresh())).collect())
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 //! `DataLoader` with `num_workers`, for inference: items in order, no shuffling).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Loads items `0..n` with `load` on `workers` threads (at least one) and hands them to
@@ -63,6 +64,48 @@ pub fn ordered_batches<T: Send, E: Send>(
     failures
 }
 
+/// [`ordered_batches`] over files, for prediction: loads `paths[i]` with `load` and maps each
+/// batch of loaded items with `run` to one output per item. Returns one result per path,
+/// in order: a file `load` refused gets its own error; when `run` fails (or returns a
+/// number of outputs other than its items'), every item of that batch gets the error,
+/// prefixed with its path.
+pub fn map_files_in_batches<T: Send, R>(
+    paths: &[PathBuf],
+    bs: usize,
+    workers: usize,
+    load: impl Fn(&Path) -> crate::Result<T> + Sync,
+    mut run: impl FnMut(Vec<T>) -> crate::Result<Vec<R>>,
+) -> Vec<crate::Result<R>> {
+    let mut results: Vec<Option<crate::Result<R>>> = (0..paths.len()).map(|_| None).collect();
+    let failures = ordered_batches(paths.len(), bs, workers, |i| load(&paths[i]), |idx, items| {
+        let n = items.len();
+        let out = run(items).and_then(|out| {
+            anyhow::ensure!(out.len() == n, "{} outputs for a batch of {n}", out.len());
+            Ok(out)
+        });
+        match out {
+            Ok(out) => {
+                for (i, r) in idx.into_iter().zip(out) {
+                    results[i] = Some(Ok(r));
+                }
+            }
+            Err(e) => {
+                for i in idx {
+                    results[i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[i].display())));
+                }
+            }
+        }
+    });
+    for (i, e) in failures {
+        results[i] = Some(Err(e));
+    }
+    results
+        .into_iter()
+        .zip(paths)
+        .map(|(r, p)| r.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not processed", p.display()))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +128,21 @@ mod tests {
             assert_eq!(seen, vec![vec![0, 2, 3, 4], vec![6, 7, 8]], "{workers} workers");
             assert_eq!(failures, vec![(1, "bad 1".to_owned()), (5, "bad 5".to_owned()), (9, "bad 9".to_owned())]);
         }
+    }
+
+    #[test]
+    fn files_map_to_results_in_order_with_batch_errors_named() {
+        let paths: Vec<PathBuf> = ["a", "bad", "c", "d", "e"].iter().map(PathBuf::from).collect();
+        let r = map_files_in_batches(
+            &paths,
+            2,
+            2,
+            |p| if p == Path::new("bad") { anyhow::bail!("cannot read bad") } else { Ok(p.display().to_string()) },
+            |items| if items.contains(&"e".to_string()) { anyhow::bail!("model failed") } else { Ok(items.iter().map(|s| s.to_uppercase()).collect()) },
+        );
+        let shown: Vec<String> = r.iter().map(|r| match r { Ok(v) => v.clone(), Err(e) => format!("{e:#}") }).collect();
+        // Batches of 2 loaded items: [a, c], then [d, e], which fails as a whole.
+        assert_eq!(shown, ["A", "cannot read bad", "C", "d: model failed", "e: model failed"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::model::{OnnxModel, preprocess};
 use anyhow::bail;
 use kestrel_image::answer::{UNKNOWN, is_known};
-use kestrel_image::batches::ordered_batches;
+use kestrel_image::batches::map_files_in_batches;
 use kestrel_image::decode::DecodeLimits;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,30 +51,10 @@ pub fn predict_paths(model: &mut OnnxModel, paths: &[PathBuf], bs: usize, worker
         let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
         preprocess(&bytes, &tfm, &limits).map_err(|e| anyhow::anyhow!("cannot decode {}: {e:#}", p.display()))
     };
-    let mut results: Vec<Option<anyhow::Result<Vec<f32>>>> = (0..paths.len()).map(|_| None).collect();
-    let failures = ordered_batches(paths.len(), bs, workers, |i| load(&paths[i]), |idx, items| {
+    map_files_in_batches(paths, bs, workers, load, |items| {
         let n = items.len();
-        match model.probs(items.concat(), n) {
-            Ok(rows) => {
-                for (i, row) in idx.into_iter().zip(rows) {
-                    results[i] = Some(Ok(row));
-                }
-            }
-            Err(e) => {
-                for i in idx {
-                    results[i] = Some(Err(anyhow::anyhow!("{}: {e:#}", paths[i].display())));
-                }
-            }
-        }
-    });
-    for (i, e) in failures {
-        results[i] = Some(Err(e));
-    }
-    results
-        .into_iter()
-        .zip(paths)
-        .map(|(r, p)| r.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not processed", p.display()))))
-        .collect()
+        model.probs(items.concat(), n)
+    })
 }
 
 /// Predicts every photo of `inputs` (files, or folders searched recursively) and prints
