@@ -319,3 +319,25 @@ fn durations_parse_with_units() {
         assert!(e.contains("duration"), "{bad}: {e}");
     }
 }
+
+/// `kestrel fine-tune` without options runs the recipe that `scripts/bench/recipe_cv.sh`
+/// measured as `default` (README "Training recipe"): the chapter-5 baseline's presize,
+/// size, crop, batch size and learning rate, with EfficientNet-Lite2, 2 frozen and 7
+/// unfrozen epochs.
+#[test]
+fn fine_tune_defaults_are_the_measured_recipe() {
+    use clap::Parser;
+    let cli = kestrel::cli::Cli::try_parse_from(["kestrel", "fine-tune"]).unwrap();
+    let kestrel::cli::Command::FineTune(a) = cli.command else { panic!("not fine-tune: {:?}", cli.command) };
+    assert_eq!(a.model.arch, "efficientnet_lite2");
+    assert_eq!((a.freeze_epochs, a.epochs), (2, 7));
+    assert_eq!((a.data.presize, a.data.bs, a.aug.size, a.aug.min_scale), (460, 32, 224, 0.75));
+    assert_eq!(a.lr, "2e-3");
+    assert_eq!(a.recipe.lr_mult, 100.0);
+    assert!(a.recipe.tta(false) && !a.recipe.tta(true), "TTA by default on single-label data only");
+    for (flag, want) in [(&["--tta"][..], Some(true)), (&["--tta", "false"][..], Some(false))] {
+        let c = kestrel::cli::Cli::try_parse_from([&["kestrel", "fine-tune"][..], flag].concat()).unwrap();
+        assert!(matches!(c.command, kestrel::cli::Command::FineTune(a) if a.recipe.tta == want), "{flag:?}");
+    }
+    assert!(a.recipe.label_smoothing.is_none() && a.recipe.mixup.is_none() && a.recipe.cutmix.is_none() && a.recipe.ema.is_none());
+}

@@ -46,7 +46,7 @@ timed() {
   RSS=$(awk '/^maxrss_kb/{printf "%.2f", $2/1e6}' "$out/$name.time")
 }
 recipe=(--arch efficientnet_lite0 --presize 460 --size 224 --min-scale 0.75 --bs "$BS" --lr 2e-3
-        --epochs "$EPOCHS" --freeze-epochs 1 --seed "$SEED" --device cpu --precision fp32)
+        --epochs "$EPOCHS" --freeze-epochs 1 --tta false --seed "$SEED" --device cpu --precision fp32)
 
 timed check-data "$kestrel" check-data --folder "$CALTECH/images" --valid-list "$CALTECH/test.txt" --workers 2
 cd_wall=$WALL cd_rss=$RSS

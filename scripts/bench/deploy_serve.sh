@@ -25,7 +25,7 @@ mkdir -p "$out"
 model=${1:-$out/model.safetensors}
 if [ ! -f "$model" ]; then
   "$K" fine-tune --csv "$sample/labels.csv" --valid-col is_valid --arch efficientnet_lite0 --bs 32 \
-    --epochs 1 --out "$out" --device cpu
+    --freeze-epochs 1 --epochs 1 --tta false --out "$out" --device cpu
   model="$out/model.safetensors"
 fi
 onnx="$out/model.onnx"

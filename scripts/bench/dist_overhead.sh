@@ -29,7 +29,7 @@ echo "| seed | 1 proc x 2 threads, bs 32: wall s / error | 2 procs x 1 thread, b
 echo "|---|---|---|---|---|---|"
 for s in $SEEDS; do
   common=(fine-tune --csv "$SAMPLE/labels.csv" --valid-col is_valid --arch efficientnet_lite0 --presize 460 --size 224
-          --min-scale 0.75 --lr 2e-3 --lr-find-iters 10 --epochs "$EPOCHS" --freeze-epochs "$FREEZE_EPOCHS" --seed "$s" --workers 2)
+          --min-scale 0.75 --lr 2e-3 --lr-find-iters 10 --epochs "$EPOCHS" --freeze-epochs "$FREEZE_EPOCHS" --tta false --seed "$s" --workers 2)
   t0=$(date +%s.%N)
   OMP_NUM_THREADS=2 "$kestrel" "${common[@]}" --bs 32 --out "runs/bench/dist-1x2-seed$s" > "runs/bench/dist-1x2-seed$s.log" 2>&1
   t1=$(date +%s.%N)

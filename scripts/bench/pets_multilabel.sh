@@ -24,4 +24,4 @@ mkdir -p "$out"
 # fname,label,species,is_valid → fname,labels,is_valid with labels = "<breed> <species>"
 awk -F, 'NR==1 { print "fname,labels,is_valid"; next } { print $1 "," $2 " " $3 "," $4 }' "$sample/labels.csv" > "$out/labels.csv"
 "$kestrel" fine-tune --csv "$out/labels.csv" --folder "$sample" --label-col labels --label-delim ' ' \
-  --valid-col is_valid --arch efficientnet_lite0 --bs 32 --epochs "${EPOCHS:-8}" --lr "${LR:-3e-2}" --out "$out" "$@"
+  --valid-col is_valid --arch efficientnet_lite0 --bs 32 --freeze-epochs 1 --epochs "${EPOCHS:-8}" --lr "${LR:-3e-2}" --out "$out" "$@"

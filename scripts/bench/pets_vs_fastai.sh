@@ -42,7 +42,7 @@ for s in $SEEDS; do
   out=runs/bench/kestrel-seed$s
   t0=$(now)
   "${clean_env[@]}" "$kestrel" fine-tune --csv "$SAMPLE/labels.csv" --valid-col is_valid --arch efficientnet_lite0 \
-    --presize 460 --size 224 --min-scale 0.75 --bs 32 --epochs "$EPOCHS" --freeze-epochs 1 --lr 2e-3 \
+    --presize 460 --size 224 --min-scale 0.75 --bs 32 --epochs "$EPOCHS" --freeze-epochs 1 --lr 2e-3 --tta false \
     --precision "$PRECISION" --seed "$s" --device cpu --out "$out" 2>&1 | tee "$out.log"
   t1=$(now)
   k_whole+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')")

@@ -12,7 +12,7 @@
 #   scripts/ref/make-venv.sh exists (KESTREL_REF_PYTHON);
 # - a confirmation run on Caltech-101's is_valid split for CALTECH_RECIPES (subsampled with
 #   CALTECH_TRAIN_PER_CLASS / CALTECH_VALID_N, stated in the table);
-# - the --min-prob check: a pets model (baseline, fold 0, first seed) predicting
+# - the --min-prob check: a pets model (OOD_RECIPE, fold 0, first seed) predicting
 #   CALTECH_OOD_N Caltech-101 photos (out of distribution) and its own validation photos,
 #   the share answered `unknown` at several P;
 # - prints the table: recipe, mean error ± std over folds × seeds, TTA error, ECE before →
@@ -36,15 +36,22 @@ CALTECH=${KESTREL_CALTECH:-"$root/../shared/data/caltech101"}
 OUT=${RECIPE_CV_OUT:-"$root/runs/recipe_cv"}
 FOLDS=${FOLDS:-"0 1 2 3 4"}
 SEEDS=${SEEDS:-"1 2"}
-RECIPES=${RECIPES:-"baseline lite1_same_time lite2_same_time label_smoothing mixup cutmix ema tta presize_320 presize_224_squish min_scale_0.35 lr_mult_10 lr_mult_1000 wd_0.1 wd_0 epochs_8 progressive_resizing"}
-CALTECH_RECIPES=${CALTECH_RECIPES-"baseline"}
+RECIPES=${RECIPES:-"baseline default lite0_f2_time200_tta lite2_f2_time200_tta lite1_same_time lite2_same_time label_smoothing mixup cutmix ema tta presize_320 presize_224_squish min_scale_0.35 lr_mult_10 lr_mult_1000 wd_0.1 wd_0 epochs_8 progressive_resizing"}
+CALTECH_RECIPES=${CALTECH_RECIPES-"baseline default"}
 CALTECH_TRAIN_PER_CLASS=${CALTECH_TRAIN_PER_CLASS:-0}   # 0: every training photo
 CALTECH_VALID_N=${CALTECH_VALID_N:-0}                   # 0: the whole is_valid split (3,049)
 CALTECH_OOD_N=${CALTECH_OOD_N:-300}
+OOD_RECIPE=${OOD_RECIPE:-default}
 REF_PY=${KESTREL_REF_PYTHON:-${KESTREL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/kestrel}/ref-venv/bin/python}
 [ -f "$SAMPLE/labels.csv" ] || { echo "needs the pets sample at $SAMPLE (set KESTREL_PETS_SAMPLE)"; exit 1; }
-cargo build --bin kestrel
-kestrel="$CARGO_TARGET_DIR/debug/kestrel"
+# KESTREL_BIN: a kestrel binary to use instead of building this checkout's (to keep one
+# binary across the sittings of the protocol while the sources change).
+if [ -n "${KESTREL_BIN:-}" ]; then
+  kestrel=$KESTREL_BIN
+else
+  cargo build --bin kestrel
+  kestrel="$CARGO_TARGET_DIR/debug/kestrel"
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT/runs"
 
@@ -84,15 +91,26 @@ EOF
 fi
 
 # ---------------------------------------------------------------- recipes
+# BASE is --flag value pairs; with_base FLAGS... prints (NUL-separated) BASE without the
+# pairs whose flag FLAGS gives again (clap refuses a repeated option), then FLAGS.
+with_base() {
+  local i
+  for ((i = 0; i < ${#BASE[@]}; i += 2)); do
+    [[ " $* " == *" ${BASE[i]} "* ]] || printf '%s\0%s\0' "${BASE[i]}" "${BASE[i+1]}"
+  done
+  [ $# -eq 0 ] || printf '%s\0' "$@"
+}
 BASE=(--arch efficientnet_lite0 --presize 460 --size 224 --min-scale 0.75 --bs 32 --epochs 4 --freeze-epochs 1
       --lr 2e-3 --lr-find-iters 1 --device cpu)
 
-# The flags of RECIPE for fold $2 seed $3 (after the baseline's, later ones win), or
+# The flags of RECIPE for fold $2 seed $3 (they replace the baseline's of the same name), or
 # "SKIP reason" for a recipe kestrel cannot run yet.
 recipe_flags() {
   local r=$1 f=$2 s=$3
   case $r in
     baseline) echo "" ;;
+    # kestrel's default recipe, chosen on this protocol (README "Training recipe").
+    default) echo "--arch efficientnet_lite2 --freeze-epochs 2 --epochs 7 --tta" ;;
     lite1_same_time|lite2_same_time)
       local b="$OUT/runs/baseline/f$f-s$s/summary.json"
       [ -f "$b" ] || { echo "SKIP needs the baseline run first"; return; }
@@ -111,6 +129,8 @@ recipe_flags() {
     wd_0.1) echo "--wd 0.1" ;;
     wd_0) echo "--wd 0" ;;
     epochs_8) echo "--epochs 8" ;;
+    lite0_f2_time200_tta) echo "--freeze-epochs 2 --time 200s --tta" ;;
+    lite2_f2_time200_tta) echo "--arch efficientnet_lite2 --freeze-epochs 2 --time 200s --tta" ;;
     progressive_resizing) echo "SKIP progressive resizing (fastai book ch. 7) is not implemented" ;;
     *) echo "SKIP unknown recipe" ;;
   esac
@@ -122,11 +142,14 @@ run_one() {  # recipe fold seed
   local flags; flags=$(recipe_flags "$r" "$f" "$s")
   if [[ $flags == SKIP* ]]; then echo "skip $r f$f s$s: ${flags#SKIP }"; return; fi
   mkdir -p "$dir"
+  echo "$flags" > "$dir/flags.txt"
   echo "=== $r fold $f seed $s: ${flags:-(baseline)}"
   local t0 t1
   t0=$(date +%s.%N)
+  local args
   # shellcheck disable=SC2086
-  if ! "$kestrel" fine-tune --csv "$OUT/folds/fold$f/labels.csv" --valid-col is_valid --seed "$s" "${BASE[@]}" $flags \
+  mapfile -d '' args < <(with_base $flags)
+  if ! "$kestrel" fine-tune --csv "$OUT/folds/fold$f/labels.csv" --valid-col is_valid --seed "$s" "${args[@]}" \
         --out "$dir" > "$dir/log.txt" 2>&1; then
     echo "FAILED: see $dir/log.txt"; tail -5 "$dir/log.txt"; return
   fi
@@ -202,7 +225,8 @@ EOF
     echo "=== caltech $r: $(cat "$cdir/split.txt")"
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
-    if "$kestrel" fine-tune --csv "$cdir/labels.csv" --valid-col is_valid --seed "$first_seed" "${BASE[@]}" $flags \
+    mapfile -d '' args < <(with_base $flags)
+    if "$kestrel" fine-tune --csv "$cdir/labels.csv" --valid-col is_valid --seed "$first_seed" "${args[@]}" \
          --skip-bad --out "$dir" > "$dir/log.txt" 2>&1; then
       t1=$(date +%s.%N)
       awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f\n", b-a}' > "$dir/wall.txt"
@@ -213,8 +237,8 @@ EOF
 fi
 
 # ---------------------------------------------------------------- predict --min-prob on out-of-distribution photos
-model="$OUT/runs/baseline/f$first_fold-s$first_seed/model.safetensors"
-ood="$OUT/ood/f$first_fold-s$first_seed"
+model="$OUT/runs/$OOD_RECIPE/f$first_fold-s$first_seed/model.safetensors"
+ood="$OUT/ood/$OOD_RECIPE-f$first_fold-s$first_seed"
 if [ "$CALTECH_OOD_N" -gt 0 ] && [ -f "$model" ] && [ -f "$CALTECH/labels.csv" ] && [ ! -f "$ood/caltech.jsonl" ]; then
   mkdir -p "$ood"
   python3 - "$CALTECH" "$CALTECH_OOD_N" > "$ood/caltech.txt" <<'EOF'
@@ -245,7 +269,7 @@ hdr = f"{'recipe':<22} {'error':>17} {'TTA error':>17} {'ECE before→after':>18
 print(hdr); print("-" * len(hdr))
 base = None
 for r in recipes:
-    errs, tta, eb, ea, fit, wall = [], [], [], [], [], []
+    errs, tta, eb, ea, fit, wall, counted = [], [], [], [], [], [], []
     for f in folds:
         for s in seeds:
             d = os.path.join(out, "runs", r, f"f{f}-s{s}")
@@ -255,12 +279,18 @@ for r in recipes:
                 continue
             errs.append(j["error_rate"]); fit.append(j["fit_secs"]); wall.append(w)
             if j.get("error_rate_tta") is not None: tta.append(j["error_rate_tta"])
+            try:
+                uses_tta = "--tta" in open(os.path.join(d, "flags.txt")).read().split()
+            except OSError:
+                uses_tta = False
+            counted.append(j["error_rate_tta"] if uses_tta else j["error_rate"])
             c = j.get("calibration")
             if c: eb.append(c["ece_before"]); ea.append(c["ece_after_crossfit"])
     ece = f"{statistics.mean(eb):.3f}→{statistics.mean(ea):.3f}" if eb else "n/a"
     rel = ""
-    if r == "baseline" and errs: base = statistics.mean(errs)
-    elif base and errs: rel = f"  ({(statistics.mean(errs) / base - 1) * 100:+.0f} % errors)"
+    # A recipe with --tta answers with TTA: its TTA error is the one compared.
+    if r == "baseline" and counted: base = statistics.mean(counted)
+    elif base and counted: rel = f"  ({(statistics.mean(counted) / base - 1) * 100:+.0f} % errors{', with TTA' if counted != errs else ''})"
     print(f"{r:<22} {ms(errs):>17} {ms(tta):>17} {ece:>18} {mean(fit):>7} {mean(wall):>7} {len(errs):>3}/{len(folds) * len(seeds)}{rel}")
 fd = [d for d in sorted(os.listdir(os.path.join(out, "runs", "fastai")))] if os.path.isdir(os.path.join(out, "runs", "fastai")) else []
 for d in fd:
@@ -279,7 +309,8 @@ if os.path.isdir(os.path.join(cal, "runs")):
         except (OSError, ValueError):
             continue
         c = j.get("calibration") or {}
-        print(f"{d:<22} error {j['error_rate']:.4f}  ECE {c.get('ece_before', float('nan')):.3f}→{c.get('ece_after_crossfit', float('nan')):.3f}  fit {j['fit_secs']:.0f} s  wall {w:.0f} s")
+        tta = f" (TTA {j['error_rate_tta']:.4f})" if j.get("error_rate_tta") is not None else ""
+        print(f"{d:<22} error {j['error_rate']:.4f}{tta}  ECE {c.get('ece_before', float('nan')):.3f}→{c.get('ece_after_crossfit', float('nan')):.3f}  fit {j['fit_secs']:.0f} s  wall {w:.0f} s")
 for d in sorted(os.listdir(os.path.join(out, "ood"))) if os.path.isdir(os.path.join(out, "ood")) else []:
     p = os.path.join(out, "ood", d)
     try:
@@ -290,7 +321,7 @@ for d in sorted(os.listdir(os.path.join(out, "ood"))) if os.path.isdir(os.path.j
         continue
     pets = [x for x in pets if "top" in x]; calt = [x for x in calt if "top" in x]
     print()
-    print(f"predict --min-prob P with the baseline model {d} (calibrated probabilities): share answered `unknown`")
+    print(f"predict --min-prob P with the pets model {d} (calibrated probabilities): share answered `unknown`")
     print(f"{'P':>5} {'Caltech-101 (' + str(len(calt)) + ', out of distribution)':>40} {'pets valid (' + str(len(pets)) + ')':>18} {'pets valid, right answers lost':>32}")
     def right(x):
         fn = os.path.relpath(x["file"], os.path.dirname(os.path.dirname(x["file"])))

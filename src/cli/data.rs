@@ -86,8 +86,9 @@ pub struct DataOpts {
     /// square: random on training, centred on validation) on the CPU workers.
     #[arg(long, value_name = "PX", default_value_t = 460)]
     pub presize: u32,
-    /// Batch size: the number of images in each batch.
-    #[arg(long, default_value_t = 64)]
+    /// Batch size: the number of images in each batch (the book's pets recipe and kestrel's
+    /// default 32; fastai's `bs` default is 64).
+    #[arg(long, default_value_t = 32)]
     pub bs: usize,
     /// Worker threads decoding and resizing images (default: the number of CPUs).
     #[arg(long, value_name = "N")]

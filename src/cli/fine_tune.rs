@@ -44,12 +44,13 @@ pub struct FineTuneArgs {
     /// The batch augmentation (fastai `aug_transforms`; the same options as `kestrel data`).
     #[command(flatten)]
     pub aug: AugOpts,
-    /// Epochs with the whole network trainable (fastai `fine_tune(epochs)`).
-    #[arg(long, default_value_t = 4)]
+    /// Epochs with the whole network trainable (fastai `fine_tune(epochs)`). The default 7
+    /// is kestrel's measured recipe (README "Training recipe"); the book runs 4.
+    #[arg(long, default_value_t = 7)]
     pub epochs: usize,
     /// Epochs training only the head first, the pretrained body frozen (fastai
-    /// `fine_tune(freeze_epochs=1)`).
-    #[arg(long, default_value_t = 1)]
+    /// `fine_tune(freeze_epochs=1)`). The default 2 is kestrel's measured recipe; fastai's is 1.
+    #[arg(long, default_value_t = 2)]
     pub freeze_epochs: usize,
     /// Base learning rate of `fine_tune`, or `auto`: run an `lr_find` sweep first and use
     /// its `valley` suggestion. fastai's default base_lr is 2e-3. With a number no sweep
@@ -128,6 +129,8 @@ pub struct FineTuneResult {
     pub out: PathBuf,
     /// Validation error rate after the last epoch, in [0, 1].
     pub error_rate: f64,
+    /// Validation error rate with test-time augmentation, in [0, 1] (None: no TTA ran).
+    pub tta_error_rate: Option<f64>,
     /// Wall time of `fine_tune` (without lr_find and the outputs), seconds.
     pub fit_secs: f64,
     /// The base learning rate used.
@@ -170,6 +173,9 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
                             if m.tuned { " (chosen on the validation set: these scores are optimistic)" } else { "" },
                             r.fit_secs, r.out.display()),
         None => println!("error_rate {:.4} (fine_tune {:.1} s); outputs in {}", r.error_rate, r.fit_secs, r.out.display()),
+    }
+    if let Some(e) = r.tta_error_rate {
+        println!("error_rate_tta {e:.4} (test-time augmentation, fastai tta(n=4, beta=0.25): kestrel predict --tta answers this way)");
     }
     println!("report: {}", r.out.join("report.html").display());
     Ok(())
@@ -230,7 +236,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let multi = dls.datasets.multi_labels.is_some();
     if multi {
         let r = &args.recipe;
-        if r.label_smoothing.is_some() || r.mixup.is_some() || r.cutmix.is_some() || r.tta {
+        if r.label_smoothing.is_some() || r.mixup.is_some() || r.cutmix.is_some() || r.tta == Some(true) {
             bail!("--label-smoothing, --mixup, --cutmix and --tta are single-label options; this data is multi-label (--label-delim)");
         }
     }
@@ -319,7 +325,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     if !main {
         // Multi-label runs record no error_rate: NaN here, rank 0 reports the metrics.
         let error_rate = last_error_rate(&learn).unwrap_or(f64::NAN);
-        return Ok(FineTuneResult { out, error_rate, fit_secs, lr, multi_label: None, lr_find_batches, epoch_usage: vec![] });
+        return Ok(FineTuneResult { out, error_rate, tta_error_rate: None, fit_secs, lr, multi_label: None, lr_find_batches, epoch_usage: vec![] });
     }
     // Rank 0 interprets the whole validation set.
     learn.dls = full.dls();
@@ -435,7 +441,8 @@ fn finish(
     }
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));
-    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, fit_secs, lr, multi_label, lr_find_batches, epoch_usage: vec![] })
+    let tta_error_rate = ev.as_ref().and_then(|e| e.tta_error_rate);
+    Ok(FineTuneResult { out: out.to_path_buf(), error_rate, tta_error_rate, fit_secs, lr, multi_label, lr_find_batches, epoch_usage: vec![] })
 }
 
 /// The multi-label ending: sigmoid predictions on the validation set, the threshold

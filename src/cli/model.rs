@@ -42,8 +42,10 @@ impl PrecisionArg {
 #[derive(Args, Debug, Clone)]
 pub struct ModelOpts {
     /// Architecture: resnet18, resnet34, resnet50, resnet101, resnet152,
-    /// efficientnet_lite0 … efficientnet_lite4 (fastai `vision_learner(dls, arch)`).
-    #[arg(long, default_value = "efficientnet_lite0")]
+    /// efficientnet_lite0 … efficientnet_lite4 (fastai `vision_learner(dls, arch)`). The
+    /// default, efficientnet_lite2, is kestrel's measured recipe (README "Training
+    /// recipe"); the book's chapter 5 uses resnet34, adapted offline as efficientnet_lite0.
+    #[arg(long, default_value = "efficientnet_lite2")]
     pub arch: String,
     /// Start from random weights instead of ImageNet-pretrained ones (fastai
     /// `pretrained=False`).

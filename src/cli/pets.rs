@@ -1,6 +1,7 @@
 //! `kestrel pets`: the fastai book's chapter 5 pet-breeds run with its recipe —
 //! EfficientNet-Lite0 (ImageNet weights), presize 460, size 224, min_scale 0.75, bs 32,
-//! `fine_tune(4)` at base_lr 2e-3.
+//! `fine_tune(4)` at base_lr 2e-3, no TTA — not `kestrel fine-tune`'s defaults, which are
+//! kestrel's measured recipe (README "Training recipe").
 
 use super::fine_tune::{FineTuneArgs, fine_tune, print_usage};
 use super::model::PrecisionArg;
@@ -72,7 +73,7 @@ pub fn pets_recipe(dir: &Path, a: &PetsArgs) -> crate::Result<FineTuneArgs> {
     argv.extend(pets_data_args(dir));
     for (k, v) in [
         ("--arch", "efficientnet_lite0".to_string()), ("--presize", "460".into()), ("--size", "224".into()),
-        ("--min-scale", "0.75".into()), ("--bs", "32".into()), ("--lr", "2e-3".into()),
+        ("--min-scale", "0.75".into()), ("--bs", "32".into()), ("--lr", "2e-3".into()), ("--tta", "false".into()),
         // The recipe's lr is fixed: no lr_find sweep (`kestrel lr-find` draws the plot).
         ("--precision", a.precision.to_possible_value().map_or("auto".into(), |v| v.get_name().to_string())),
         ("--epochs", a.epochs.to_string()), ("--freeze-epochs", a.freeze_epochs.to_string()),

@@ -21,7 +21,7 @@ pub const RELIABILITY_PNG: &str = "reliability.png";
 pub const SUMMARY_JSON: &str = "summary.json";
 
 /// The recipe options of `kestrel fine-tune` (flattened into its arguments). Every
-/// option is off by default, as in fastai's `fine_tune`.
+/// option but `--tta` and the calibration is off by default, as in fastai's `fine_tune`.
 #[derive(Args, Debug, Clone)]
 pub struct RecipeOpts {
     /// Label smoothing (fastai `loss_func=LabelSmoothingCrossEntropyFlat(eps)`): the
@@ -44,8 +44,11 @@ pub struct RecipeOpts {
     pub ema: Option<f64>,
     /// After training, also measure the validation error with test-time augmentation
     /// (fastai `learn.tta(n=4, beta=0.25)`); `kestrel predict --tta` predicts the same way.
-    #[arg(long)]
-    pub tta: bool,
+    /// On by default for single-label data (kestrel's measured recipe, README "Training
+    /// recipe"; fastai runs `tta` only when called): 4 more passes over the validation
+    /// set. `--tta false` skips it; multi-label data has no TTA.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tta: Option<bool>,
     /// Train for this long instead of `--epochs` (Ultralytics `time`): 60s, 5m, 1.5h. The
     /// frozen epochs run first; the unfrozen epochs (and their one-cycle schedule) are fitted
     /// to what is left, from the measured epoch time. Validation counts; lr_find does not.
@@ -66,6 +69,9 @@ pub struct RecipeOpts {
 }
 
 impl RecipeOpts {
+    /// Whether TTA runs: as asked, else on for single-label data (`multi_label` false).
+    pub fn tta(&self, multi_label: bool) -> bool { self.tta.unwrap_or(!multi_label) }
+
     /// Checks the values. Errors: an option out of its range, naming it.
     pub fn validate(&self) -> crate::Result<()> {
         let open01 = |v: f64| v > 0.0 && v < 1.0;
@@ -137,7 +143,7 @@ pub struct Evaluation {
 /// Errors: a data or model error; the PNG cannot be written.
 pub fn evaluate(opts: &RecipeOpts, learn: &Learner, dls: &ImageDataLoaders, out: &Path) -> crate::Result<Evaluation> {
     let mut ev = Evaluation::default();
-    if opts.tta {
+    if opts.tta(false) {
         let aug = dls.valid.augmented_like(&dls.train)?;
         let (probs, targets) = tta(learn.model.as_ref(), dls.valid.as_ref(), &aug, &Default::default())?;
         let wrong = probs.argmax(-1, false).ne_tensor(&targets).to_kind(tch::Kind::Double).mean(tch::Kind::Double);
