@@ -105,6 +105,14 @@ fn temperature_fitted_on_one_half_calibrates_the_other() {
     // An already calibrated model keeps T ≈ 1.
     let t1 = fit_temperature(&z, &y).unwrap();
     assert!((t1 - 1.0).abs() < 0.1, "T {t1}");
+    // Every item right: the NLL falls all the way to T_MIN, so calibrate keeps T = 1 (a
+    // model scaled by 0.05 would give any photo, of any class or none, probability 1).
+    let right = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2, 0, 1]);
+    let probs = (right.one_hot(3).to_kind(Kind::Float) * 2.0 + 1.0).softmax(-1, Kind::Float);
+    assert!(fit_temperature(&calibration::logits_from_probs(&probs), &right).unwrap() <= calibration::T_MIN * 1.001);
+    let r = calibration::calibrate(&probs, &right).unwrap().calibration;
+    assert_eq!(r.temperature, 1.0, "{r:?}");
+    assert!((r.nll_after - r.nll_before).abs() < 1e-6 && (r.nll_after_crossfit - r.nll_before).abs() < 1e-6, "{r:?}");
 }
 
 // ---------------------------------------------------------------- MixUp, CutMix, label smoothing

@@ -414,7 +414,7 @@ fn finish(
     let names = learn.metric_names();
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
-    let mut settings = settings(args, arch, lr, lr_find_batches, learn, ds.train.len());
+    let mut settings = settings(args, arch, lr, lr_find_batches, learn, ds.train.len(), epochs);
     settings.extend(args.recipe.settings(epochs));
     // The model file's outputs: the multi-label threshold, or the calibration temperature.
     let (error_rate, output, multi_label, mut extra, ev) = if ds.multi_labels.is_some() {
@@ -545,7 +545,7 @@ fn interpret_valid(learn: &Learner, valid_items: &[PathBuf], out: &std::path::Pa
     ])
 }
 
-fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, learn: &Learner, n_train: usize) -> Vec<(String, String)> {
+fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, learn: &Learner, n_train: usize, unfrozen_epochs: usize) -> Vec<(String, String)> {
     let d = &args.data;
     let data = match (&d.csv, &d.folder) {
         (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
@@ -568,7 +568,7 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, le
         (PrecisionArg::Auto, p) => format!("{p} (--precision auto on {})", if crate::learner::fp16::cpu_has_native_bf16() { "a CPU with native bf16" } else { "this machine" }),
         (_, p) => p.to_string(),
     };
-    let lr_find = if lr_find_batches > 0 { format!("{lr_find_batches} batches (lr_find.png)") } else { "not run (--lr given; --lr-find draws lr_find.png)".into() };
+    let lr_find = if lr_find_batches > 0 { format!("{lr_find_batches} batches (lr_find.png)") } else { "not run (a fixed --lr; --lr auto or --lr-find sweeps and draws lr_find.png)".into() };
     [
         ("data", data),
         ("classes", learn.dls.vocab.len().to_string()),
@@ -583,7 +583,7 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, le
             None => d.bs.to_string(),
         }),
         ("sampling", if d.balance { "class-balanced (--balance: weights 1/class count, with replacement)".into() } else { "each training photo once per epoch, shuffled".into() }),
-        ("fine_tune", format!("{} epochs (+{} frozen), base_lr {lr:.2e}{}", args.epochs, args.freeze_epochs,
+        ("fine_tune", format!("{unfrozen_epochs} epochs (+{} frozen), base_lr {lr:.2e}{}", args.freeze_epochs,
                               if args.lr.eq_ignore_ascii_case("auto") { " (lr_find valley)" } else { "" })),
         ("lr_find", lr_find),
         ("precision / layout", format!("{precision} / {}", if args.model.channels_last { "channels-last" } else { "NCHW" })),

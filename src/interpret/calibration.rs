@@ -192,10 +192,21 @@ pub fn fit_temperature(logits: &Tensor, targets: &Tensor) -> crate::Result<f64> 
     Ok(fit_rows(&z, &(0..z.n).collect::<Vec<_>>()))
 }
 
+/// [`fit_rows`], or 1 (no scaling) when the fit ends at a bound of [`T_MIN`, `T_MAX`]: the
+/// NLL then has no minimum inside, as when every item is classified right (sharper is
+/// always better there, T → 0, and every later prediction, even of a photo of none of the
+/// classes, would get probability 1).
+fn fit_rows_or_one(z: &Rows, idx: &[usize]) -> f64 {
+    let t = fit_rows(z, idx);
+    if t <= T_MIN * 1.001 || t >= T_MAX / 1.001 { 1.0 } else { t }
+}
+
 /// Calibration of a validation set's probabilities: the fitted temperature, ECE and NLL
 /// before and after, and honest after-values from 2-fold cross-fitting (T fitted on the
 /// even-indexed items and measured on the odd ones, and the other way round, pooled),
-/// because values measured on the set T was fitted on are optimistic.
+/// because values measured on the set T was fitted on are optimistic. A fit that ends at
+/// a bound of [`T_MIN`, `T_MAX`] (no minimum inside: every item right, for one) leaves
+/// T = 1, the plain softmax.
 ///
 /// `probs`: probabilities (N, C); `targets`: class indices (N); N ≥ 2.
 /// Errors: as [`reliability`]; fewer than 2 items.
@@ -204,10 +215,10 @@ pub fn calibrate(probs: &Tensor, targets: &Tensor) -> crate::Result<CalibrationR
     let z = Rows::new(&z0, targets, "calibrate")?;
     ensure!(z.n >= 2, "calibrate: at least 2 validation items are needed, got {}", z.n);
     let all: Vec<usize> = (0..z.n).collect();
-    let t = fit_rows(&z, &all);
+    let t = fit_rows_or_one(&z, &all);
     let after = apply_temperature(&z0, t);
     let (even, odd): (Vec<usize>, Vec<usize>) = all.iter().partition(|&&i| i % 2 == 0);
-    let (te, to) = (fit_rows(&z, &even), fit_rows(&z, &odd));
+    let (te, to) = (fit_rows_or_one(&z, &even), fit_rows_or_one(&z, &odd));
     // Each half scaled by the temperature fitted on the other half.
     let t_of: Vec<f64> = (0..z.n).map(|i| if i % 2 == 0 { to } else { te }).collect();
     let cross = (z0.to_kind(Kind::Double) / Tensor::from_slice(&t_of).unsqueeze(1)).softmax(-1, Kind::Float);
