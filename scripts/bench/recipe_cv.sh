@@ -12,6 +12,10 @@
 #   scripts/ref/make-venv.sh exists (KESTREL_REF_PYTHON);
 # - a confirmation run on Caltech-101's is_valid split for CALTECH_RECIPES (subsampled with
 #   CALTECH_TRAIN_PER_CLASS / CALTECH_VALID_N, stated in the table);
+# - temperature scaling pooled over the CV (CAL_RECIPE's runs): each run's model predicts its
+#   fold's validation photos; T is cross-fitted on halves of each run's photos and the ECE
+#   (15 bins) and NLL are measured on all runs' photos together (740 predictions with 2
+#   seeds), since 74 photos are too few for a 15-bin ECE;
 # - the --min-prob check: a pets model (OOD_RECIPE, fold 0, first seed) predicting
 #   CALTECH_OOD_N Caltech-101 photos (out of distribution) and its own validation photos,
 #   the share answered `unknown` at several P;
@@ -42,6 +46,7 @@ CALTECH_TRAIN_PER_CLASS=${CALTECH_TRAIN_PER_CLASS:-0}   # 0: every training phot
 CALTECH_VALID_N=${CALTECH_VALID_N:-0}                   # 0: the whole is_valid split (3,049)
 CALTECH_OOD_N=${CALTECH_OOD_N:-300}
 OOD_RECIPE=${OOD_RECIPE:-default}
+CAL_RECIPE=${CAL_RECIPE:-default}
 REF_PY=${KESTREL_REF_PYTHON:-${KESTREL_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/kestrel}/ref-venv/bin/python}
 [ -f "$SAMPLE/labels.csv" ] || { echo "needs the pets sample at $SAMPLE (set KESTREL_PETS_SAMPLE)"; exit 1; }
 # KESTREL_BIN: a kestrel binary to use instead of building this checkout's (to keep one
@@ -101,7 +106,7 @@ with_base() {
   [ $# -eq 0 ] || printf '%s\0' "$@"
 }
 BASE=(--arch efficientnet_lite0 --presize 460 --size 224 --min-scale 0.75 --bs 32 --epochs 4 --freeze-epochs 1
-      --lr 2e-3 --lr-find-iters 1 --device cpu)
+      --lr 2e-3 --tta false --device cpu)
 
 # The flags of RECIPE for fold $2 seed $3 (they replace the baseline's of the same name), or
 # "SKIP reason" for a recipe kestrel cannot run yet.
@@ -109,7 +114,8 @@ recipe_flags() {
   local r=$1 f=$2 s=$3
   case $r in
     baseline) echo "" ;;
-    # kestrel's default recipe, chosen on this protocol (README "Training recipe").
+    # kestrel's default recipe, chosen on this protocol (README "Training recipe"): what
+    # `kestrel fine-tune` runs without options (tests/recipe.rs pins those defaults).
     default) echo "--arch efficientnet_lite2 --freeze-epochs 2 --epochs 7 --tta" ;;
     lite1_same_time|lite2_same_time)
       local b="$OUT/runs/baseline/f$f-s$s/summary.json"
@@ -236,6 +242,17 @@ EOF
   done
 fi
 
+# ---------------------------------------------------------------- pooled calibration
+for f in $FOLDS; do
+  for s in $SEEDS; do
+    d="$OUT/runs/$CAL_RECIPE/f$f-s$s"
+    [ -f "$d/model.safetensors" ] && [ ! -f "$d/valid_preds.jsonl" ] || continue
+    awk -F, 'NR>1 { sub(/\r$/, "") } NR>1 && $3=="true" {print $1}' "$OUT/folds/fold$f/labels.csv" | sed 's|^|'"$OUT/folds/fold$f"'/|' > "$d/valid.txt"
+    xargs -a "$d/valid.txt" -d '\n' "$kestrel" predict "$d/model.safetensors" --json --topk 1000 --min-prob 0 --device cpu \
+      > "$d/valid_preds.jsonl.tmp" && mv "$d/valid_preds.jsonl.tmp" "$d/valid_preds.jsonl"
+  done
+done
+
 # ---------------------------------------------------------------- predict --min-prob on out-of-distribution photos
 model="$OUT/runs/$OOD_RECIPE/f$first_fold-s$first_seed/model.safetensors"
 ood="$OUT/ood/$OOD_RECIPE-f$first_fold-s$first_seed"
@@ -247,7 +264,7 @@ rows = [r for r in csv.DictReader(open(os.path.join(sys.argv[1], "labels.csv")))
 for r in random.Random("recipe-cv-ood").sample(rows, min(int(sys.argv[2]), len(rows))):
     print(os.path.join(sys.argv[1], r["fname"]))
 EOF
-  awk -F, 'NR>1 && $3=="true" {print $1","$2}' "$OUT/folds/fold$first_fold/labels.csv" > "$ood/pets_valid.csv"
+  awk -F, 'NR>1 { sub(/\r$/, "") } NR>1 && $3=="true" {print $1","$2}' "$OUT/folds/fold$first_fold/labels.csv" > "$ood/pets_valid.csv"
   sed 's|^|'"$SAMPLE"'/|; s|,.*||' "$ood/pets_valid.csv" > "$ood/pets.txt"
   # --min-prob 0: every answer with its probability; the shares at each P are computed below.
   xargs -a "$ood/pets.txt" -d '\n' "$kestrel" predict "$model" --json --min-prob 0 --device cpu > "$ood/pets.jsonl.tmp" && mv "$ood/pets.jsonl.tmp" "$ood/pets.jsonl"
@@ -331,4 +348,64 @@ for d in sorted(os.listdir(os.path.join(out, "ood"))) if os.path.isdir(os.path.j
         u = lambda xs: sum(x["top"][0]["prob"] < P for x in xs) / max(len(xs), 1)
         lost = sum(right(x) and x["top"][0]["prob"] < P for x in pets) / max(n_right, 1)
         print(f"{P:>5.1f} {u(calt):>40.3f} {u(pets):>18.3f} {lost:>32.3f}")
+EOF
+
+# ---------------------------------------------------------------- pooled calibration table
+python3 - "$OUT" "$CAL_RECIPE" "$FOLDS" "$SEEDS" <<'EOF'
+# Temperature scaling pooled over the CV runs of one recipe. `predict` gives the
+# probabilities scaled by the run's stored temperature T (softmax(z / T)); T · log p
+# recovers the logits z up to a constant, so the plain softmax is softmax(T · log p).
+import json, math, os, sys
+out, recipe, folds, seeds = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+def softmax(z):
+    m = max(z); e = [math.exp(v - m) for v in z]; t = sum(e); return [v / t for v in e]
+def nll_at(items, t):
+    return sum(-math.log(max(softmax([v / t for v in z])[y], 1e-12)) for z, y in items) / len(items)
+def fit_t(items):  # golden-section search of log T in [log 0.05, log 20]: the 1-D NLL fit
+    a, b = math.log(0.05), math.log(20.0)
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        c, d = b - g * (b - a), a + g * (b - a)
+        if nll_at(items, math.exp(c)) < nll_at(items, math.exp(d)): b = d
+        else: a = c
+    return math.exp((a + b) / 2)
+def ece(rows, bins=15):  # rows: (confidence, correct); Guo et al. 2017, equal-width bins
+    tot = 0.0
+    for k in range(bins):
+        lo, hi = k / bins, (k + 1) / bins
+        sel = [(c, ok) for c, ok in rows if lo < c <= hi or (k == 0 and c == 0)]
+        if sel: tot += len(sel) / len(rows) * abs(sum(ok for _, ok in sel) / len(sel) - sum(c for c, _ in sel) / len(sel))
+    return tot
+before, after, n_runs = [], [], 0
+for f in folds:
+    for s in seeds:
+        d = os.path.join(out, "runs", recipe, f"f{f}-s{s}")
+        try:
+            preds = [json.loads(l) for l in open(os.path.join(d, "valid_preds.jsonl"))]
+            t_run = json.load(open(os.path.join(d, "summary.json")))["calibration"]["temperature"]
+            truth = {}
+            for r in open(os.path.join(out, "folds", f"fold{f}", "labels.csv")).read().splitlines()[1:]:
+                fn, label, _ = r.split(","); truth[os.path.basename(fn)] = label
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        preds = [p for p in preds if "top" in p]
+        vocab = sorted({t["label"] for p in preds for t in p["top"]})
+        items = []
+        for p in preds:
+            lp = {t["label"]: math.log(max(t["prob"], 1e-30)) for t in p["top"]}
+            items.append(([t_run * lp[c] for c in vocab], vocab.index(truth[os.path.basename(p["file"])])))
+        n_runs += 1
+        halves = (items[0::2], items[1::2])
+        temps = (fit_t(halves[1]), fit_t(halves[0]))  # each half scaled by the other half's T
+        for h, t in zip(halves, temps):
+            for z, y in h:
+                p0, p1 = softmax(z), softmax([v / t for v in z])
+                before.append((max(p0), p0.index(max(p0)) == y, -math.log(max(p0[y], 1e-12))))
+                after.append((max(p1), p1.index(max(p1)) == y, -math.log(max(p1[y], 1e-12))))
+if before:
+    print()
+    print(f"temperature scaling, recipe {recipe}, pooled over {n_runs} CV runs ({len(before)} validation predictions), "
+          f"T cross-fitted on halves of each run: ECE (15 bins) {ece([(c, ok) for c, ok, _ in before]):.4f} → "
+          f"{ece([(c, ok) for c, ok, _ in after]):.4f}, NLL {sum(x for *_, x in before) / len(before):.4f} → "
+          f"{sum(x for *_, x in after) / len(after):.4f}")
 EOF
