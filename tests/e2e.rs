@@ -252,7 +252,7 @@ fn fixed_lr_runs_no_sweep() {
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().filter(|l| !l.starts_with("epoch")).count(), 2, "{csv}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("not run (--lr given"), "the report says no sweep ran");
+    assert!(html.contains("not run (a fixed --lr"), "the report says no sweep ran");
     assert!(html.contains(">fp32<") || html.contains("fp32 /"), "the report records the precision");
     assert!(stdout.contains("kernel") && stdout.contains("malloc: "), "CPU time and the allocator are reported: {stdout}");
 }
@@ -322,4 +322,29 @@ fn check_data_reports_each_problem() {
     std::fs::create_dir(&empty).unwrap();
     let o = kestrel(&["check-data", "--folder", empty.to_str().unwrap(), "--size", "32"], &[]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no items"));
+}
+
+/// `fine-tune --time 60s` (issue 14's check): `fine_tune` — frozen epoch, the unfrozen
+/// epochs fitted to the budget, validation included — ends within 60 s ± its longest epoch
+/// (metrics.csv times have 1 s resolution: + 1 s).
+#[test]
+fn time_60s_ends_within_a_minute_plus_one_epoch() {
+    let (tmp, images) = shapes_tmp(12);
+    let out = tmp.path().join("run");
+    let mut args = fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--time", "60s", "--tta", "false", "--no-calibrate"]);
+    let o = kestrel(&args, &[]);
+    assert!(o.status.success());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let fit = summary["fit_secs"].as_f64().unwrap();
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    // Each epoch row ends with its time, mm:ss.
+    let secs: Vec<f64> = csv.lines().filter(|l| !l.starts_with("epoch")).map(|l| {
+        let t = l.rsplit(',').next().unwrap();
+        let (m, s) = t.split_once(':').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    }).collect();
+    let longest = secs.iter().copied().fold(0.0, f64::max) + 1.0;
+    assert!(summary["unfrozen_epochs"].as_u64().unwrap() >= 2, "{summary}");
+    assert!((fit - 60.0).abs() <= longest, "fine_tune took {fit:.1} s for --time 60s (longest epoch {longest} s, {} epochs)", secs.len());
 }
