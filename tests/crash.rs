@@ -171,6 +171,21 @@ fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
+/// Sends SIGTERM to `child` (interrupted `during` something, for the log) and waits for it:
+/// it must exit non-zero within 10 s, without a panic. Returns its stderr.
+fn sigterm(child: Child, during: &str) -> String {
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    let answered = t.elapsed();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!("SIGTERM during {during} answered in {:.2} s\n{stderr}", answered.as_secs_f64());
+    assert!(!o.status.success(), "an interrupted run exits non-zero");
+    assert!(answered < Duration::from_secs(10), "answered in {answered:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 /// The last row of metrics.csv as numbers, without its time column.
 fn last_metrics(out: &Path) -> Vec<f64> {
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
@@ -201,14 +216,7 @@ fn sigterm_and_kill_9_resume_to_the_uninterrupted_metrics() {
     let a = args(&images, &out, &["--checkpoint-every", "1b"]);
     let mut child = spawn(&a);
     wait_for(&out.join("checkpoint.pth"), &mut child);
-    let t = Instant::now();
-    signal(&child, libc::SIGTERM);
-    let o = child.wait_with_output().unwrap();
-    let answered = t.elapsed();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    eprintln!("SIGTERM in training answered in {:.2} s\n{stderr}", answered.as_secs_f64());
-    assert!(!o.status.success(), "an interrupted run exits non-zero");
-    assert!(answered < Duration::from_secs(10), "answered in {answered:?}");
+    let stderr = sigterm(child, "training");
     let cmd = stderr.lines().skip_while(|l| !l.contains("resume with:")).nth(1).expect("the resume command is printed").trim();
     assert!(cmd.ends_with("--resume") && cmd.contains("--checkpoint-every 1b"), "{cmd}");
     let o = output(Command::new("sh").arg("-c").arg(cmd).env("OMP_NUM_THREADS", "1"));
@@ -255,13 +263,7 @@ fn sigterm_before_training_exits_at_once_with_nothing_to_resume() {
     let mut child = spawn(&a);
     wait_for(&out.join("show_batch.png"), &mut child);
     std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    signal(&child, libc::SIGTERM);
-    let o = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    eprintln!("SIGTERM in lr_find answered in {:.2} s\n{stderr}", t.elapsed().as_secs_f64());
-    assert!(!o.status.success() && t.elapsed() < Duration::from_secs(10));
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stderr = sigterm(child, "fine-tune's lr_find sweep");
     assert!(stderr.contains("run the same command again") || stderr.contains("run the command again"), "{stderr}");
     assert!(!out.join("checkpoint.pth").exists());
 }
@@ -277,12 +279,7 @@ fn sigterm_during_the_lr_find_command_prints_the_command_to_rerun() {
         "--workers", "1", "--num-it", "100000", "--out", png.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
     let child = spawn(&a);
     std::thread::sleep(Duration::from_secs(3));
-    let t = Instant::now();
-    signal(&child, libc::SIGTERM);
-    let o = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    eprintln!("SIGTERM in kestrel lr-find answered in {:.2} s\n{stderr}", t.elapsed().as_secs_f64());
-    assert!(!o.status.success() && t.elapsed() < Duration::from_secs(10));
+    let stderr = sigterm(child, "kestrel lr-find");
     assert!(stderr.contains("interrupted during lr_find") && stderr.contains("run the same command again") && stderr.contains("lr-find"), "{stderr}");
     assert!(!png.exists(), "no plot of an interrupted sweep");
 }
