@@ -14,6 +14,10 @@ use kestrel::models::Arch;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The allocator of the `kestrel` binary, so the loader runs as it does there.
+#[global_allocator]
+static ALLOC: kestrel::util::alloc::ZeroByMemset = kestrel::util::alloc::ZeroByMemset;
+
 fn main() {
     let data = match std::env::var_os("KESTREL_PIPELINE_DATA") {
         Some(d) => std::path::PathBuf::from(d),

@@ -1,5 +1,10 @@
 //! The `kestrel` binary: see [`kestrel::cli`].
 
+/// Zeroed buffers of the data loader are cleared with `memset`, not purged and faulted in
+/// again (see [`kestrel::util::alloc::ZeroByMemset`]).
+#[global_allocator]
+static ALLOC: kestrel::util::alloc::ZeroByMemset = kestrel::util::alloc::ZeroByMemset;
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
