@@ -322,7 +322,9 @@ fn durations_parse_with_units() {
     assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
     assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
     assert_eq!(parse_duration(" 1.5h").unwrap(), Duration::from_secs(5400));
-    for bad in ["60", "-5m", "0s", "xh", "", "5d"] {
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("2m30s").unwrap(), Duration::from_secs(150));
+    for bad in ["60", "-5m", "0s", "xh", "", "5d", "1h30", "1..5m", "m", "5 m"] {
         let e = parse_duration(bad).unwrap_err().to_string();
         assert!(e.contains("duration"), "{bad}: {e}");
     }

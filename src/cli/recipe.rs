@@ -49,7 +49,7 @@ pub struct RecipeOpts {
     /// set. `--tta false` skips it; multi-label data has no TTA.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub tta: Option<bool>,
-    /// Train for this long instead of `--epochs` (Ultralytics `time`): 60s, 5m, 1.5h. The
+    /// Train for this long instead of `--epochs` (Ultralytics `time`): 60s, 5m, 1.5h, 1h30m. The
     /// frozen epochs run first; the unfrozen epochs (and their one-cycle schedule) are fitted
     /// to what is left, from the measured epoch time. Validation counts; lr_find does not.
     #[arg(long, value_name = "DURATION", conflicts_with = "resume")]

@@ -14,22 +14,40 @@ const NAME: &str = "TimeBudget";
 /// times this factor (backward through the whole body costs more than through the head).
 const UNFROZEN_GUESS: f64 = 1.5;
 
-/// Parses a duration as Ultralytics' and common CLI tools write them: a positive number
-/// with a unit, `s`, `m` or `h` (`60s`, `5m`, `1.5h`).
+/// Parses a duration as common CLI tools write them: numbers with a unit `s`, `m` or `h`,
+/// one or several (`60s`, `5m`, `1.5h`, `1h30m`, `2m30s`). (Ultralytics' `time` is a
+/// plain number of hours; here the unit is required, so `--time 2` is not taken as 2 hours
+/// or 2 seconds by guess.)
 ///
-/// Errors: no unit, an unknown unit, or a number that is not positive and finite.
+/// Errors: a part with no unit, an unknown unit, a number that is not finite and ≥ 0, a
+/// total of zero, or a total of more than 10⁹ s.
 pub fn parse_duration(s: &str) -> crate::Result<Duration> {
     let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 's')) => (&t[..i], 1.0),
-        Some((i, 'm')) => (&t[..i], 60.0),
-        Some((i, 'h')) => (&t[..i], 3600.0),
-        _ => bail!("duration {s:?}: expected a number with a unit s, m or h, such as 60s, 5m or 1.5h"),
-    };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v * mult < 1e9 => Ok(Duration::from_secs_f64(v * mult)),
-        _ => bail!("duration {s:?}: {num:?} is not a positive number"),
+    let (mut total, mut num) = (0.0f64, String::new());
+    for c in t.chars() {
+        let mult = match c {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            c if c.is_ascii_digit() || c == '.' => {
+                num.push(c);
+                continue;
+            }
+            c => bail!("duration {s:?}: unexpected {c:?}; expected numbers with a unit s, m or h, such as 60s, 5m, 1.5h or 1h30m"),
+        };
+        match num.parse::<f64>() {
+            Ok(v) if v.is_finite() => total += v * mult,
+            _ => bail!("duration {s:?}: {num:?} before '{c}' is not a number"),
+        }
+        num.clear();
     }
+    if !num.is_empty() || t.is_empty() {
+        bail!("duration {s:?}: expected a number with a unit s, m or h, such as 60s, 5m, 1.5h or 1h30m");
+    }
+    if !(total > 0.0 && total < 1e9) {
+        bail!("duration {s:?} is not a positive time under 10^9 s");
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 /// The callback behind [`Learner::fine_tune_for`]: during the fit of phase `phase` it sets

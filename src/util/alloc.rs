@@ -15,7 +15,9 @@
 //! the binary through jemalloc's `malloc_conf` symbol ([`MALLOC_CONF`]): freed pages are
 //! kept for reuse instead of being returned to the OS, so the process's memory stays at
 //! its peak use and a training step faults no page in. `MALLOC_CONF` in the environment
-//! still overrides it (jemalloc reads the variable last).
+//! still overrides it (jemalloc reads the variable last). The `kestrel` binary also installs
+//! [`ZeroByMemset`] as Rust's global allocator, so zeroed Rust buffers are not purged and
+//! faulted in again.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
