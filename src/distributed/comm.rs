@@ -251,7 +251,7 @@ impl ProcessGroup {
 
     /// `e` with the lost peer named, when it is a collective's failure that reached the
     /// caller through libtorch (the gradient all-reduce inside `backward()`: Gloo's
-    /// "Connection closed by peer [addr]:port", a timeout); other errors unchanged.
+    /// "Connection closed by peer `[addr]:port`", a timeout); other errors unchanged.
     pub fn name_lost_peer(&self, e: anyhow::Error) -> anyhow::Error {
         let msg = format!("{e:#}");
         let lower = msg.to_lowercase();

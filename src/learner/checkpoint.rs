@@ -5,7 +5,7 @@
 //! File format: one libtorch archive (`Tensor::save_multi`) holding the model variables
 //! (`model.<name>`, parameters and BatchNorm buffers), the optimizer state (`opt.…`) and
 //! a JSON header (`meta`, UTF-8 bytes as a `u8` tensor) with the [`Position`], the seed and
-//! the [`Recorder`](crate::callbacks::Recorder) of the current phase (so that a resumed run
+//! the [`Recorder`] of the current phase (so that a resumed run
 //! draws the whole loss curve and reports the same table). Written atomically (temporary
 //! file + rename): a crash, `kill -9` or a full disk while writing leaves the previous
 //! checkpoint as it was. A truncated or damaged file is refused with an error naming it.

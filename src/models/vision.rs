@@ -13,8 +13,8 @@
 //! Pretrained files keep their own names; [`pretrained_to_body_name`] maps them.
 //!
 //! Parameter groups (fastai splitters, for discriminative learning rates and freezing):
-//! - ResNet, `_resnet_split`: group 0 = body[:6] (conv1, bn1, layer1, layer2), group 1 =
-//!   body[6:] (layer3, layer4), group 2 = head.
+//! - ResNet, `_resnet_split`: group 0 = `body[:6]` (conv1, bn1, layer1, layer2), group 1 =
+//!   `body[6:]` (layer3, layer4), group 2 = head.
 //! - EfficientNet-Lite (kestrel's cut, the same place as ResNet's, where the feature map
 //!   goes from stride 8 to stride 16): group 0 = stem + stages 1–3 (Lite0: `_blocks.0`–`4`),
 //!   group 1 = stages 4–7 + `_conv_head` + `_bn1`, group 2 = head.

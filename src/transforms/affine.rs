@@ -211,7 +211,7 @@ fn projective_grid(maps: &[Mat3], out_h: i64, out_w: i64, align_corners: bool, d
     xy.view([n, out_h, out_w, 2])
 }
 
-/// Smallest shrink factor `d` for which [`shrink_first`] resamples; fastai's is 1.
+/// Smallest shrink factor `d` for which `shrink_first` resamples; fastai's is 1.
 pub const MIN_PRESHRINK: f64 = 1.1;
 
 /// fastai `_grid_sample`'s pre-shrink: with bilinear sampling, when the input is more

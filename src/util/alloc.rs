@@ -12,7 +12,7 @@
 //! every binary linked with the library — the `kestrel` command, tests, examples and
 //! benchmarks — defines `malloc`, `free`, `posix_memalign`… itself, and the dynamic
 //! linker binds libtorch's calls to them before glibc's. The configuration is baked into
-//! the binary through jemalloc's `malloc_conf` symbol ([`MALLOC_CONF`]): freed pages are
+//! the binary through jemalloc's `malloc_conf` symbol ([`JEMALLOC_CONF`]): freed pages are
 //! kept for reuse instead of being returned to the OS, so the process's memory stays at
 //! its peak use and a training step faults no page in. `MALLOC_CONF` in the environment
 //! still overrides it (jemalloc reads the variable last). The `kestrel` binary also installs
