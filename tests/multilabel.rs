@@ -172,6 +172,13 @@ fn multi_label_fine_tune_predict_and_interpret() {
     assert!(stdout.contains("chosen on the validation set"), "{stdout}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Per-label precision and recall") && html.contains("maximises F1 (samples) on the validation set"));
+    // summary.json: the final multi-label numbers, as the report's.
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let m = &summary["multi_label"];
+    assert_eq!((m["tuned"].as_bool(), summary["unfrozen_epochs"].as_u64()), (Some(true), Some(1)), "{summary}");
+    let (f1, acc) = (m["f1_samples"].as_f64().unwrap(), m["accuracy_multi"].as_f64().unwrap());
+    assert!((0.0..=1.0).contains(&f1) && (0.0..=1.0).contains(&acc), "{summary}");
+    assert!(html.contains(&format!("{f1:.4} / {acc:.4}")), "the report's final f1_score / accuracy_multi: {summary}");
     // The model file says sigmoid and carries the tuned threshold.
     let model = out.join("model.safetensors");
     let loaded = load_model(&model, tch::Device::Cpu).unwrap();
@@ -179,6 +186,7 @@ fn multi_label_fine_tune_predict_and_interpret() {
     assert_eq!(o_spec.activation, Activation::Sigmoid);
     let t = o_spec.thresh.unwrap();
     assert!((0.05..=0.95).contains(&t));
+    assert_eq!(summary["multi_label"]["thresh"].as_f64(), Some(t), "summary.json has the model file's threshold");
     assert_eq!(loaded.meta.card.vocab, ["bar", "blue", "red", "square"]);
     // predict: every label above the threshold, or "none".
     let photo = d.path().join("square_red_1.png");

@@ -436,8 +436,11 @@ fn finish(
     if let Some(ev) = &ev {
         extra.extend(interpret_valid(learn, &valid_items, out)?);
         extra.extend(ev.sections.iter().cloned());
-        recipe::write_summary(out, error_rate, fit_secs, epochs, ev)?;
+        recipe::write_summary(out, fit_secs, epochs, recipe::SummaryEnd::Single { error_rate, ev })?;
         stop_if_interrupted(learn, lr, out)?;
+    }
+    if let Some(m) = &multi_label {
+        recipe::write_summary(out, fit_secs, epochs, recipe::SummaryEnd::Multi(m))?;
     }
     write_run_report(&RunFiles { out: out.to_path_buf(), settings, error_rate, fit_secs, extra })?;
     let _ = std::fs::remove_file(learn.checkpoint_path(CHECKPOINT));

@@ -177,17 +177,33 @@ pub fn evaluate(opts: &RecipeOpts, learn: &Learner, dls: &ImageDataLoaders, out:
     Ok(ev)
 }
 
-/// Writes `summary.json` in `out`: error_rate, error_rate_tta, fit_secs, unfrozen_epochs,
-/// calibration (the [`Calibration`] fields) — what `scripts/bench/recipe_cv.sh` reads.
+/// Writes `summary.json` in `out`: `fit_secs`, `unfrozen_epochs` and the final numbers —
+/// for single-label data `error_rate`, `error_rate_tta` and `calibration` (the
+/// [`Calibration`] fields; what `scripts/bench/recipe_cv.sh` reads), for multi-label data
+/// `multi_label` ([`MultiLabelOutcome`](super::fine_tune::MultiLabelOutcome): `thresh`,
+/// `tuned`, `f1_samples`, `accuracy_multi`).
 ///
 /// Errors: the file cannot be written.
-pub fn write_summary(out: &Path, error_rate: f64, fit_secs: f64, unfrozen_epochs: usize, ev: &Evaluation) -> crate::Result<()> {
-    let j = serde_json::json!({
-        "error_rate": error_rate,
-        "error_rate_tta": ev.tta_error_rate,
-        "fit_secs": fit_secs,
-        "unfrozen_epochs": unfrozen_epochs,
-        "calibration": ev.calibration,
-    });
+pub fn write_summary(out: &Path, fit_secs: f64, unfrozen_epochs: usize, end: SummaryEnd<'_>) -> crate::Result<()> {
+    let mut j = serde_json::json!({ "fit_secs": fit_secs, "unfrozen_epochs": unfrozen_epochs });
+    match end {
+        SummaryEnd::Single { error_rate, ev } => {
+            j["error_rate"] = error_rate.into();
+            j["error_rate_tta"] = serde_json::to_value(ev.tta_error_rate)?;
+            j["calibration"] = serde_json::to_value(&ev.calibration)?;
+        }
+        SummaryEnd::Multi(m) => {
+            j["multi_label"] = serde_json::json!({ "thresh": m.thresh, "tuned": m.tuned, "f1_samples": m.f1_samples,
+                                                   "accuracy_multi": m.accuracy_multi });
+        }
+    }
     crate::util::atomic::write_atomic(&out.join(SUMMARY_JSON), serde_json::to_string_pretty(&j)?.as_bytes())
+}
+
+/// How a run ended, for [`write_summary`].
+pub enum SummaryEnd<'a> {
+    /// Single-label: the final error rate and the evaluation after training.
+    Single { error_rate: f64, ev: &'a Evaluation },
+    /// Multi-label: the threshold and the scores at it.
+    Multi(&'a super::fine_tune::MultiLabelOutcome),
 }
