@@ -203,7 +203,12 @@ pub fn write_summary(out: &Path, fit_secs: f64, unfrozen_epochs: usize, end: Sum
 /// How a run ended, for [`write_summary`].
 pub enum SummaryEnd<'a> {
     /// Single-label: the final error rate and the evaluation after training.
-    Single { error_rate: f64, ev: &'a Evaluation },
+    Single {
+        /// The last epoch's validation error rate, in [0, 1].
+        error_rate: f64,
+        /// TTA and calibration after training ([`evaluate`]).
+        ev: &'a Evaluation,
+    },
     /// Multi-label: the threshold and the scores at it.
     Multi(&'a super::fine_tune::MultiLabelOutcome),
 }
