@@ -237,6 +237,38 @@ fn seeded_fine_tune_repeats_exactly() {
     assert_eq!(runs[0], runs[1], "same seed, same losses and metrics to the last digit");
 }
 
+/// A run whose loss diverges stops with an error that says so and what to do, and
+/// exports no model (which would hold NaN weights and metrics).
+#[test]
+fn diverging_run_stops_and_exports_nothing() {
+    let (tmp, images) = shapes_tmp(12);
+    let out = tmp.path().join("run");
+    let o = kestrel(&with_bs(fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), "8", &["--lr", "1e6"]), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("training diverged") && stderr.contains("TerminateOnNaN") && stderr.contains("--lr 1e5"), "{stderr}");
+    assert!(!out.join("model.safetensors").exists(), "no model file from a diverged run");
+}
+
+/// `--epochs 0`: the frozen epoch only; its results are the run's (fastai's `fine_tune(0)`
+/// would clear them with an empty unfrozen fit).
+#[test]
+fn zero_unfrozen_epochs_keep_the_frozen_results() {
+    let (tmp, images) = shapes_tmp(12);
+    let out = tmp.path().join("run");
+    let mut args = with_bs(fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), "8", &["--lr", "2e-3"]);
+    let i = args.iter().position(|a| *a == "--epochs").unwrap();
+    args[i + 1] = "0";
+    let o = kestrel(&args, &[]);
+    assert!(o.status.success());
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "one table, one epoch: {csv}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["unfrozen_epochs"].as_u64(), Some(0));
+    assert!(summary["error_rate"].as_f64().is_some_and(|e| (0.0..=1.0).contains(&e)), "{summary}");
+    assert!(out.join("loss.png").exists() && out.join("report.html").exists());
+}
+
 #[test]
 fn fixed_lr_runs_no_sweep() {
     let (tmp, images) = shapes_tmp(12);

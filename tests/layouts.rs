@@ -234,6 +234,13 @@ fn balance_makes_per_epoch_class_counts_about_equal() {
         if balance { args.push("--balance"); }
         let dls = opts(&args).to_datablock().unwrap().image_dataloaders().unwrap();
         assert_ne!(dls.train.order(0), dls.train.order(1), "every epoch draws anew");
+        // The TTA loader over the validation set (fine-tune's default after training)
+        // takes the training transforms but not the training items' weights: every
+        // validation photo once, in order.
+        let aug = dls.valid.augmented_like(&dls.train).unwrap();
+        assert_eq!(aug.n_items(), dls.valid.n_items());
+        let ys: Vec<i64> = aug.batches(0).flat_map(|b| Vec::<i64>::try_from(b.unwrap().y).unwrap()).collect();
+        assert_eq!(ys, dls.valid.targets());
         (0..3u64).map(|epoch| {
             let mut c = BTreeMap::new();
             for b in dls.train.batches(epoch) {

@@ -8,7 +8,7 @@ use super::recipe::{self, RecipeOpts};
 use super::lr_find::print_suggestions;
 use super::model::{ModelOpts, PrecisionArg};
 use crate::report::run::{RunFiles, write_run_report};
-use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback, SaveCheckpoint, interrupt_requested};
+use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback, SaveCheckpoint, TerminateOnNaNCallback, interrupt_requested};
 use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
 use crate::data::ImageDataLoaders;
 use crate::data::layout::FolderLayout;
@@ -275,6 +275,10 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let csv = out.join("metrics.csv");
     if main && !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
     let learn = args.recipe.configure(learn);
+    // A diverging run (NaN or infinite training loss) stops at once rather than train and
+    // export NaN weights. One process only: with data parallelism a rank stopping alone
+    // would leave the others waiting in the gradient all-reduce.
+    let learn = if dist.is_none() { learn.with_cb(Box::new(TerminateOnNaNCallback)) } else { learn };
     let mut learn = if main {
         learn.with_cb(Box::new(ProgressCallback::new())).with_cb(Box::new(CSVLogger::new(&csv, true))).with_cb(Box::new(usage))
     } else {
@@ -315,6 +319,10 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         if !main { bail!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display()); }
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
+    }
+    if let Some(r) = learn.stop_reason.as_deref().filter(|r| r.starts_with("TerminateOnNaN")) {
+        bail!("training diverged ({r}); no model was exported. Lower the learning rate (--lr {:.0e}, a tenth of this one) \
+               or choose one with `kestrel lr-find`", lr / 10.0);
     }
     if let Some(s) = ddp_stats.as_ref().map(|s| *s.lock().unwrap_or_else(|e| e.into_inner())) {
         if main && s.steps > 0 {
@@ -413,7 +421,8 @@ fn finish(
     let valid_items: Vec<PathBuf> = ds.valid.iter().map(|&i| ds.items.paths[i].clone()).collect();
     let names = learn.metric_names();
     let last = learn.recorder.values.last().cloned().unwrap_or_default();
-    let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, _)| n != "train_loss").collect();
+    // Only finite numbers: the model file's JSON has no NaN.
+    let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, v)| n != "train_loss" && v.is_finite()).collect();
     let mut settings = settings(args, arch, lr, lr_find_batches, learn, ds.train.len(), epochs);
     settings.extend(args.recipe.settings(epochs));
     // The model file's outputs: the multi-label threshold, or the calibration temperature.

@@ -241,11 +241,13 @@ impl ImageDataLoader {
     /// This loader's items, in order and all of them (no shuffle, no `drop_last`), with the
     /// random item and batch transforms of the training loader `train`: the augmented
     /// loader of test-time augmentation over a validation set (fastai `Learner.tta` sets
-    /// the validation dataset's split to training). Passes differ by their `epoch`.
+    /// the validation dataset's split to training). Passes differ by their `epoch`. The
+    /// training loader's sampling weights (`--balance`) are not carried over: they belong
+    /// to its items.
     ///
     /// Errors: as [`ImageDataLoader::new`].
     pub fn augmented_like(&self, train: &ImageDataLoader) -> crate::Result<Self> {
-        let cfg = LoaderConfig { shuffle: false, drop_last: false, train: true, bs: self.cfg.bs, ..train.cfg.clone() };
+        let cfg = LoaderConfig { shuffle: false, drop_last: false, train: true, bs: self.cfg.bs, weights: None, ..train.cfg.clone() };
         Self::new(self.paths().to_vec(), self.targets().to_vec(), train.inner.item_tfm.clone(), train.batch_tfms.clone(), cfg)
     }
 

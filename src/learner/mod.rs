@@ -217,7 +217,9 @@ impl Learner {
     /// div=5)`: freeze; one-cycle `freeze_epochs` with `slice(base_lr)` and pct_start 0.99;
     /// halve `base_lr`; unfreeze; one-cycle `epochs` with `slice(base_lr/lr_mult, base_lr)`.
     /// Unlike fastai, when a callback stopped the frozen phase with a
-    /// [`Learner::stop_reason`] (NaN loss, early stopping), the unfrozen phase is skipped.
+    /// [`Learner::stop_reason`] (NaN loss, early stopping), the unfrozen phase is skipped,
+    /// and so it is with `epochs` = 0 (fastai would still unfreeze and run an empty fit that
+    /// clears the recorder, losing the frozen phase's table).
     ///
     /// Errors: as [`Learner::fit`].
     pub fn fine_tune(&mut self, epochs: usize, base_lr: f64) -> crate::Result<()> {
@@ -232,7 +234,7 @@ impl Learner {
         self.phase = 0;
         let first = OneCycleOptions { pct_start: 0.99, wd: o.wd, moms: o.moms, ..OneCycleOptions::default() };
         self.one_cycle_phase(o.freeze_epochs, Lr::SliceHi(base_lr), first)?;
-        if self.stop_reason.is_some() { return Ok(()); }
+        if self.stop_reason.is_some() || epochs == 0 { return Ok(()); }
         let base_lr = base_lr / 2.0;
         self.unfreeze();
         self.phase = 1;
