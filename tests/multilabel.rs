@@ -172,6 +172,7 @@ fn multi_label_fine_tune_predict_and_interpret() {
     assert!(stdout.contains("chosen on the validation set"), "{stdout}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Per-label precision and recall") && html.contains("maximises F1 (samples) on the validation set"));
+    assert!(html.contains("BCEWithLogitsLossFlat") && !html.contains("CrossEntropyLossFlat"), "the report names the multi-label loss");
     // summary.json: the final multi-label numbers, as the report's.
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let m = &summary["multi_label"];
@@ -199,6 +200,25 @@ fn multi_label_fine_tune_predict_and_interpret() {
         labels.iter().map(|l| l["label"].as_str().unwrap()).collect::<Vec<_>>().join(" ")
     };
     assert_eq!(j["label"].as_str().unwrap(), want);
+    // The ONNX export says sigmoid, and the third-party Python client answers label sets
+    // with the model's threshold, as `kestrel predict` does.
+    let onnx = d.path().join("model.onnx");
+    assert!(kestrel(&["export", model.to_str().unwrap(), "--out", onnx.to_str().unwrap()]).status.success());
+    match kestrel::util::testdata::venv_python("venv-torch-2.11.0") {
+        None => eprintln!("skipped: the ONNX client part: needs kestrel's venv (scripts/setup.sh)"),
+        Some(python) => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/deploy/predict_onnx.py");
+            let o = std::process::Command::new(python).arg(script).arg(&onnx).arg(&photo).output().unwrap();
+            assert!(o.status.success(), "predict_onnx.py: {}", String::from_utf8_lossy(&o.stderr));
+            let j: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+            let labels = j["labels"].as_array().unwrap_or_else(|| panic!("a label set: {j}"));
+            assert!(labels.iter().all(|l| l["prob"].as_f64().unwrap() > t - 1e-4), "{j}");
+            let want = if labels.is_empty() { "none".to_string() } else {
+                labels.iter().map(|l| l["label"].as_str().unwrap()).collect::<Vec<_>>().join(" ")
+            };
+            assert_eq!(j["label"].as_str().unwrap(), want);
+        }
+    }
     // A threshold nothing passes: predicted as none, explicitly.
     let mut meta = loaded.meta.clone();
     meta.card.output.thresh = Some(0.999999);

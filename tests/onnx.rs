@@ -7,7 +7,7 @@
 //! model; the ONNX graph does both inside. Check: max |logits diff| ≤ 1e-4 × logit range.
 
 use kestrel::export::onnx::onnx_model;
-use kestrel::export::{ArchSpec, InferenceTransforms, ModelCard, ModelMeta, Predictor, TrainingSummary};
+use kestrel::export::{Activation, ArchSpec, InferenceTransforms, ModelCard, ModelMeta, OutputSpec, Predictor, TrainingSummary};
 use kestrel::models::{Arch, Model, VisionModel};
 use kestrel_serve::model::OnnxModel;
 use prost::Message;
@@ -159,6 +159,14 @@ fn metadata_describes_the_model() {
     assert_eq!(&ops[i..i + 3], ["GlobalMaxPool", "GlobalAveragePool", "Concat"]);
     assert_eq!(g.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["logits", "probs"]);
     assert_eq!(ops[0], "Cast");
+    assert!(props["outputs"].ends_with("probs: float32 (N, 3), softmax of the logits"), "{}", props["outputs"]);
+    // A multi-label model says sigmoid and its threshold, as its graph ends.
+    let mut multi = m.clone();
+    multi.card.output = OutputSpec { activation: Activation::Sigmoid, thresh: Some(0.3), thresh_source: None };
+    let proto = onnx_model(&model, &multi).unwrap();
+    let outputs = proto.metadata_props.iter().find(|p| p.key == "outputs").unwrap().value.clone();
+    assert!(outputs.contains("sigmoid of the logits") && outputs.contains("probs above 0.3"), "{outputs}");
+    assert_eq!(proto.graph.unwrap().node.last().unwrap().op_type, "Sigmoid");
     // A non-vision architecture is refused with the list of supported ones.
     let mut odd = m.clone();
     odd.card.arch.name = "simple_cnn".into();

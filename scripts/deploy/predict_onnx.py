@@ -5,7 +5,9 @@ metadata, nothing from kestrel.
     python predict_onnx.py MODEL.onnx PHOTO|FOLDER... [--topk 3]
 
 prints one JSON line per photo, as `kestrel predict --json`:
-{"file", "label", "index", "top": [{"label", "index", "prob"}]}.
+{"file", "label", "index", "top": [{"label", "index", "prob"}]}; for a multi-label model
+also "labels" (every label above the model's threshold), "label" being them joined by
+spaces, or "none".
 
 Everything it needs is in the .onnx metadata (`metadata_props`): the vocabulary, the
 presize and the resize method. The one documented client step ("preprocess" key):
@@ -73,6 +75,10 @@ def main():
     meta = sess.get_modelmeta().custom_metadata_map
     vocab = json.loads(meta["vocab"])
     size, method = int(meta["presize"]), meta["resize_method"]
+    # A multi-label model (sigmoid probabilities): every label above its threshold, as
+    # `kestrel predict` answers.
+    output = json.loads(meta["kestrel_meta"]).get("output", {})
+    thresh = output.get("thresh", 0.5) if output.get("activation") == "sigmoid" else None
     files = image_files(args.paths)
     for i in range(0, len(files), args.bs):
         chunk = files[i:i + args.bs]
@@ -81,7 +87,12 @@ def main():
         for f, p in zip(chunk, probs):
             order = sorted(range(len(p)), key=lambda k: (-p[k], k))[:max(args.topk, 1)]
             top = [{"label": vocab[k], "index": k, "prob": round(float(p[k]), 4)} for k in order]
-            print(json.dumps({"file": f, "label": vocab[order[0]], "index": order[0], "top": top}))
+            line = {"file": f, "label": vocab[order[0]], "index": order[0], "top": top}
+            if thresh is not None:
+                above = [k for k in range(len(p)) if p[k] > thresh]
+                line["label"] = " ".join(vocab[k] for k in above) or "none"
+                line["labels"] = [{"label": vocab[k], "index": k, "prob": round(float(p[k]), 4)} for k in above]
+            print(json.dumps(line))
 
 
 if __name__ == "__main__":

@@ -424,7 +424,7 @@ fn finish(
     // Only finite numbers: the model file's JSON has no NaN.
     let metrics = names.iter().cloned().zip(last.iter().copied()).filter(|(n, v)| n != "train_loss" && v.is_finite()).collect();
     let mut settings = settings(args, arch, lr, lr_find_batches, learn, ds.train.len(), epochs);
-    settings.extend(args.recipe.settings(epochs));
+    settings.extend(args.recipe.settings(epochs, ds.multi_labels.is_some()));
     // The model file's outputs: the multi-label threshold, or the calibration temperature.
     let (error_rate, output, multi_label, mut extra, ev) = if ds.multi_labels.is_some() {
         let (m, output, extra) = interpret_valid_multi(learn, ds.valid.len(), thresh)?;

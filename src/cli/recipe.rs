@@ -112,11 +112,17 @@ impl RecipeOpts {
         }
     }
 
-    /// The recipe's lines of the report's settings table.
-    pub fn settings(&self, unfrozen_epochs: usize) -> Vec<(String, String)> {
+    /// The recipe's lines of the report's settings table; the loss is fastai's
+    /// `BCEWithLogitsLossFlat` for multi-label data.
+    pub fn settings(&self, unfrozen_epochs: usize, multi_label: bool) -> Vec<(String, String)> {
         let mut v = Vec::new();
         let opt = |o: Option<f64>| o.map_or("off".to_string(), |x| x.to_string());
-        v.push(("loss".to_string(), self.label_smoothing.map_or("CrossEntropyLossFlat".into(), |e| format!("LabelSmoothingCrossEntropyFlat(eps={e})"))));
+        let loss = match (multi_label, self.label_smoothing) {
+            (true, _) => "BCEWithLogitsLossFlat".to_string(),
+            (false, Some(e)) => format!("LabelSmoothingCrossEntropyFlat(eps={e})"),
+            (false, None) => "CrossEntropyLossFlat".to_string(),
+        };
+        v.push(("loss".to_string(), loss));
         v.push(("MixUp / CutMix alpha".to_string(), format!("{} / {}", opt(self.mixup), opt(self.cutmix))));
         v.push(("EMA decay".to_string(), opt(self.ema)));
         v.push(("wd / lr_mult".to_string(), format!("{} / {}", self.wd.map_or("0.01 (Adam default)".into(), |w| w.to_string()), self.lr_mult)));

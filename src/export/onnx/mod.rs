@@ -21,7 +21,7 @@ mod graph;
 mod net;
 pub mod proto;
 
-use super::meta::ModelMeta;
+use super::meta::{Activation, ModelCard, ModelMeta};
 use crate::models::{Arch, Model};
 use crate::transforms::affine::image_map;
 use crate::transforms::{BatchTfms, Normalize};
@@ -44,6 +44,22 @@ pub const LOGITS: &str = "logits";
 /// Name of the output with the probabilities (N, C) `f32`: softmax of the logits divided by
 /// the calibration temperature, or the sigmoid of a multi-label model.
 pub const PROBS: &str = "probs";
+
+/// The `outputs` metadata entry: the two outputs and how `probs` follows from the logits
+/// (softmax, over the calibration temperature when fitted; or a multi-label model's
+/// sigmoid and the threshold that picks its labels).
+fn outputs_doc(c: &ModelCard) -> String {
+    let n = c.vocab.len();
+    let probs = match (c.output.activation, &c.calibration) {
+        (Activation::Sigmoid, _) => format!(
+            "sigmoid of the logits, one independent probability per label (multi-label: the labels are every class with probs above {}, possibly none)",
+            c.output.thresh.unwrap_or(0.5)
+        ),
+        (Activation::Softmax, Some(cal)) => format!("softmax of the logits divided by the calibration temperature {}", cal.temperature),
+        (Activation::Softmax, None) => "softmax of the logits".to_string(),
+    };
+    format!("{LOGITS}: float32 (N, {n}); {PROBS}: float32 (N, {n}), {probs}")
+}
 
 /// What a client does before feeding `image`, as stored under the `preprocess` key.
 pub const PREPROCESS_DOC: &str = "Decode the photo to 8-bit RGB with its EXIF orientation applied \
@@ -130,7 +146,7 @@ fn metadata(meta: &ModelMeta) -> crate::Result<Vec<StringStringEntryProto>> {
         ("mean", serde_json::to_string(&t.mean)?),
         ("std", serde_json::to_string(&t.std)?),
         ("input", format!("{INPUT}: uint8 (N, 3, {0}, {0}) RGB 0..255, channels first", t.presize)),
-        ("outputs", format!("{LOGITS}: float32 (N, {0}); {PROBS}: float32 (N, {0}), softmax of the logits", c.vocab.len())),
+        ("outputs", outputs_doc(c)),
         ("preprocess", PREPROCESS_DOC.to_owned()),
         ("kestrel_version", meta.kestrel_version.clone()),
         ("training", serde_json::to_string(&c.training)?),
