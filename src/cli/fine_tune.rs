@@ -175,7 +175,7 @@ pub fn run(args: FineTuneArgs) -> crate::Result<()> {
         None => println!("error_rate {:.4} (fine_tune {:.1} s); outputs in {}", r.error_rate, r.fit_secs, r.out.display()),
     }
     if let Some(e) = r.tta_error_rate {
-        println!("error_rate_tta {e:.4} (test-time augmentation, fastai tta(n=4, beta=0.25): kestrel predict --tta answers this way)");
+        println!("error_rate_tta {e:.4} (test-time augmentation, fastai tta(n=4, beta=0.25); kestrel predict --tta predicts the same way, with its own random draws per photo)");
     }
     println!("report: {}", r.out.join("report.html").display());
     Ok(())

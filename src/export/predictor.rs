@@ -182,20 +182,30 @@ impl Predictor {
     fn logits(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {
         tch::no_grad(|| {
             let x = tfm.apply(&x.to_device(self.device), train, rng)?;
-            Ok(self.model.forward_t(&x, false).to_kind(Kind::Float).to_device(Device::Cpu))
+            Ok(self.model_logits(&x))
         })
     }
 
+    /// The model's logits (N, C) `f32` on the CPU for an already transformed batch.
+    fn model_logits(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| self.model.forward_t(x, false).to_kind(Kind::Float).to_device(Device::Cpu))
+    }
+
     fn forward(&self, x: &Tensor, tfm: &dyn BatchTransform, train: bool, rng: &mut Rng) -> crate::Result<Tensor> {
-        let logits = self.logits(x, tfm, train, rng)?;
+        Ok(self.probs(self.logits(x, tfm, train, rng)?))
+    }
+
+    /// Probabilities from logits: divided by the calibration temperature when the model
+    /// file has one, then softmax (single-label) or sigmoid (multi-label).
+    fn probs(&self, logits: Tensor) -> Tensor {
         let logits = match &self.meta.card.calibration {
             Some(c) => logits / c.temperature,
             None => logits,
         };
-        Ok(match self.meta.card.output.activation {
+        match self.meta.card.output.activation {
             Activation::Softmax => logits.softmax(-1, Kind::Float),
             Activation::Sigmoid => logits.sigmoid(),
-        })
+        }
     }
 
     /// Predicts one decoded photo (fastai `Learner.predict`): presize, validation batch
@@ -229,6 +239,8 @@ impl Predictor {
     /// in training (`Resize` crop at a random position), averaged (or maximum with
     /// `use_max`), then blended with the plain validation prediction:
     /// `(1 − beta)·aug + beta·plain`. Results per path as [`Predictor::predict_files`].
+    /// The random draws are seeded per photo (by `opts.seed` and the photo's pixels), so a
+    /// photo gets the same answer alone or in any batch.
     pub fn tta_files(
         &self,
         paths: &[PathBuf],
@@ -237,15 +249,24 @@ impl Predictor {
         bs: usize,
         workers: usize,
     ) -> Vec<crate::Result<Prediction>> {
-        let mut batch_no = 0u64;
         self.run_decoded(paths, bs, workers, |imgs| {
-            batch_no += 1;
             let plain = self.predict_batch(&to_batch(&imgs.iter().map(|i| self.presize(i)).collect::<crate::Result<Vec<_>>>()?)?)?;
+            // Each photo draws its augmentations from its own generator, keyed by its
+            // pixels and the pass: its answer does not depend on the other photos of the
+            // batch, the batch size or the order of the paths.
+            let keys: Vec<u64> = imgs.iter().map(photo_key).collect();
             let mut augs = Vec::with_capacity(opts.n);
             for pass in 0..opts.n {
-                let mut rng = derived(opts.seed, batch_no * 1_000 + pass as u64);
-                let items = imgs.iter().map(|i| self.presize.apply(i, true, &mut rng)).collect::<crate::Result<Vec<_>>>()?;
-                augs.push(self.forward(&to_batch(&items)?, aug, true, &mut rng)?);
+                let xs = imgs
+                    .iter()
+                    .zip(&keys)
+                    .map(|(img, &key)| {
+                        let mut rng = derived(opts.seed ^ key, pass as u64);
+                        let item = self.presize.apply(img, true, &mut rng)?;
+                        tch::no_grad(|| aug.apply(&to_batch(&[item])?.to_device(self.device), true, &mut rng))
+                    })
+                    .collect::<crate::Result<Vec<Tensor>>>()?;
+                augs.push(self.probs(self.model_logits(&Tensor::cat(&xs, 0))));
             }
             Ok(tta_combine(&plain, &augs, opts))
         })
@@ -289,6 +310,17 @@ impl Predictor {
             Ok(flat.chunks_exact(c.max(1)).map(|p| Prediction::from_probs(p.to_vec(), self.vocab(), self.thresh())).collect())
         })
     }
+}
+
+/// A key of a decoded photo for seeding its TTA draws: the first 8 bytes of the SHA-256
+/// of its size and pixels.
+fn photo_key(img: &RgbImage) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(img.width().to_le_bytes());
+    h.update(img.height().to_le_bytes());
+    h.update(img.as_raw());
+    u64::from_le_bytes(h.finalize()[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
 }
 
 /// fastai `Learner.tta`'s combination of the plain probabilities (N, C) and the augmented
