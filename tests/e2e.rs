@@ -214,6 +214,14 @@ fn show_batch_with_augmentation_draws_the_grid() {
     assert!(o.status.success());
     let img = image::open(&out).unwrap();
     assert!(img.width() >= 64 && img.height() >= 64, "a 2x2 grid of 32-px images with captions");
+    // 18 photos, fewer than the default --bs of 32: the grid is still drawn (one batch of
+    // the 9 photos shown).
+    let grid = tmp.path().join("grid.png");
+    let o = kestrel(&["data", "show-batch", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
+                      "--presize", "40", "--size", "32", "--out", grid.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&grid).unwrap();
+    assert!(img.width() >= 96 && img.height() >= 96, "a 3x3 grid of 32-px images");
 }
 
 /// metrics.csv without its `time` column.

@@ -305,7 +305,12 @@ pub fn run(args: DataArgs) -> crate::Result<()> {
         }
         DataCommand::ShowBatch(a) => {
             let (tfms, denorm) = batch_tfms(&a.aug, a.no_aug)?;
-            let dls = a.data.to_datablock()?.batch_tfms(tfms).image_dataloaders()?;
+            let block = a.data.to_datablock()?.batch_tfms(tfms);
+            // One batch of the photos shown (fastai's `max_n` = nrows × ncols), at most the
+            // training set: a set smaller than --bs can still be looked at.
+            let n_train = block.datasets()?.train.len();
+            let bs = (a.nrows * a.ncols).min(n_train).max(1);
+            let dls = block.bs(bs).image_dataloaders()?;
             let dl = if a.valid_batch { &dls.valid } else { &dls.train };
             show_loader_batch(dl, &dls.datasets.vocab, a.nrows, a.ncols, a.unique, denorm, &a.out)?;
             println!("wrote {}", a.out.display());
