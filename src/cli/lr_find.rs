@@ -103,7 +103,12 @@ pub fn lr_find(args: &LrFindArgs) -> crate::Result<LrFindResult> {
     })?;
     if args.unfreeze { learn.unfreeze() } else { learn.freeze() }
     println!("lr_find: {} {} ({}), {} batches of {} from lr {:e} to {:e}, precision {}",
-             if args.from.is_some() { "trained" } else { "pretrained" }, arch,
+             match (&args.from, args.model.no_pretrained) {
+                 (Some(_), _) => "trained",
+                 (None, true) => "randomly initialised",
+                 (None, false) => "pretrained",
+             },
+             arch,
              if args.unfreeze { "unfrozen" } else { "body frozen" }, args.num_it, args.data.bs,
              args.start_lr, args.end_lr, learn.precision);
     let o = LrFindOptions { start_lr: args.start_lr, end_lr: args.end_lr, num_it: args.num_it, ..LrFindOptions::default() };
