@@ -341,6 +341,17 @@ fn check_data_reports_each_problem() {
     assert_eq!(r.label_misses.len(), 1);
     assert!(r.label_misses[0].0.ends_with("oops.png") && r.label_misses[0].1.contains("does not match"));
     assert_eq!(r.duplicates, vec![vec![dir.join("red_1.png"), dir.join("red_5.png")]]);
+    // The same file listed twice, in training and in validation: a duplicate (leakage).
+    let twice = dir.join("twice.csv");
+    let text = std::fs::read_to_string(&csv).unwrap() + "\ngreen_2.png,true";
+    std::fs::write(&twice, text).unwrap();
+    let block2 = DataBlock::new(
+        Source::Csv { file: twice, fn_col: "fname".into(), pref: None, suffix: String::new() },
+        Labeller::name_regex(r"^(.+)_\d+\.png$").unwrap(),
+    ).splitter(Splitter::Col("is_valid".into())).workers(2);
+    let r2 = check_data(&block2, 32).unwrap();
+    assert!(r2.duplicates.contains(&vec![dir.join("green_2.png"), dir.join("green_2.png")]), "{:?}", r2.duplicates);
+    assert!(r2.to_string().contains("a file listed more than once"), "{r2}");
     assert_eq!(r.tiny, vec![(dir.join("green_7.png"), 16, 16)]);
     assert_eq!((r.n_problems(), r.n_warnings()), (3, 2), "undecodable, miss, valid-only; duplicate, tiny");
     assert!(r.empty.is_empty());

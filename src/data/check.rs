@@ -4,7 +4,7 @@
 use super::decode::decode_bytes;
 use super::DataBlock;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -107,17 +107,19 @@ pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> 
     let files = scan_files(&items.paths, block.workers.max(1));
     let mut undecodable = Vec::new();
     let mut tiny = Vec::new();
-    let mut by_hash: HashMap<[u8; 32], BTreeSet<PathBuf>> = HashMap::new();
+    // Every row counts: the same file listed twice (in training and in validation, say)
+    // is a duplicate too.
+    let mut by_hash: HashMap<[u8; 32], Vec<PathBuf>> = HashMap::new();
     for (path, f) in items.paths.iter().zip(files) {
         match f {
             Err(e) => undecodable.push((path.clone(), e)),
             Ok(s) => {
-                by_hash.entry(s.hash).or_default().insert(path.clone());
+                by_hash.entry(s.hash).or_default().push(path.clone());
                 if s.width.min(s.height) < min_size { tiny.push((path.clone(), s.width, s.height)); }
             }
         }
     }
-    let mut duplicates: Vec<Vec<PathBuf>> = by_hash.into_values().filter(|g| g.len() > 1).map(|g| g.into_iter().collect()).collect();
+    let mut duplicates: Vec<Vec<PathBuf>> = by_hash.into_values().filter(|g| g.len() > 1).map(|mut g| { g.sort(); g }).collect();
     duplicates.sort();
     let empty = [(n == 0, "no items"), (n > 0 && train.is_empty(), "the training set is empty"),
                  (n > 0 && valid.is_empty(), "the validation set is empty")]
@@ -184,7 +186,11 @@ impl fmt::Display for DataCheck {
         list(f, "labeller misses".into(), self.label_misses.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
         list(f, "labels only in the validation set".into(), self.valid_only.clone())?;
         list(f, "warning: duplicates (same content)".into(), self.duplicates.iter()
-            .map(|g| g.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" = ")).collect())?;
+            .map(|g| {
+                let listed_again = g.windows(2).any(|w| w[0] == w[1]);
+                let paths = g.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" = ");
+                if listed_again { format!("{paths} (a file listed more than once)") } else { paths }
+            }).collect())?;
         list(f, format!("warning: tiny images (smaller than {} px; upsampled by the presize)", self.min_size),
              self.tiny.iter().map(|(p, w, h)| format!("{}: {w}×{h}", p.display())).collect())?;
         let warnings = match self.n_warnings() { 0 => String::new(), w => format!(", {w} warnings") };
