@@ -63,6 +63,11 @@ impl Default for PredictModelOptions {
 pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crate::Result<()> {
     kestrel_image::answer::check_min_prob(opts.min_prob)?;
     let predictor = Predictor::load(model, opts.device)?;
+    if let Some(t) = predictor.thresh()
+        && opts.min_prob != DEFAULT_MIN_PROB
+    {
+        eprintln!("note: --min-prob does not apply to a multi-label model: its threshold {t} decides (every label above it, or none)");
+    }
     let paths = expand_image_paths(inputs)?;
     if paths.is_empty() {
         bail!("no photos found in {}", inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));

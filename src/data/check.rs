@@ -193,10 +193,11 @@ impl fmt::Display for DataCheck {
             }).collect())?;
         list(f, format!("warning: tiny images (smaller than {} px; upsampled by the presize)", self.min_size),
              self.tiny.iter().map(|(p, w, h)| format!("{}: {w}×{h}", p.display())).collect())?;
-        let warnings = match self.n_warnings() { 0 => String::new(), w => format!(", {w} warnings") };
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let warnings = match self.n_warnings() { 0 => String::new(), w => format!(", {w} warning{}", plural(w)) };
         match self.n_problems() {
             0 => writeln!(f, "\nno problems found{warnings}"),
-            n => writeln!(f, "\n{n} problems found{warnings}"),
+            n => writeln!(f, "\n{n} problem{} found{warnings}", plural(n)),
         }
     }
 }
