@@ -384,6 +384,11 @@ fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixe
     let training = (args.freeze_epochs + args.epochs) * learn.dls.train.n_batches();
     let o = LrFindOptions { num_it: args.lr_find_iters.min(training), ..LrFindOptions::default() };
     let found = learn.lr_find(o);
+    // A signal stops the sweep early too: that is not a diverged loss, and its partial
+    // curve suggests nothing.
+    if interrupt_requested() {
+        bail!("interrupted during the learning-rate sweep (nothing to resume); run the same command again:\n  {}", plain_command());
+    }
     let r = match (found, fixed) {
         (Ok(r), _) => r,
         // With a fixed lr the sweep is only informative: a too-short sweep is not fatal.

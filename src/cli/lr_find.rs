@@ -112,7 +112,11 @@ pub fn lr_find(args: &LrFindArgs) -> crate::Result<LrFindResult> {
              if args.unfreeze { "unfrozen" } else { "body frozen" }, args.num_it, args.data.bs,
              args.start_lr, args.end_lr, learn.precision);
     let o = LrFindOptions { start_lr: args.start_lr, end_lr: args.end_lr, num_it: args.num_it, ..LrFindOptions::default() };
-    let r = learn.lr_find(o)?;
+    let r = learn.lr_find(o);
+    if crate::callbacks::interrupt_requested() {
+        bail!("interrupted during the sweep: no plot written (a partial curve suggests nothing); run the command again");
+    }
+    let r = r?;
     r.plot(&args.out)?;
     Ok(r)
 }
