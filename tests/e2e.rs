@@ -258,6 +258,25 @@ fn diverging_run_stops_and_exports_nothing() {
     assert!(!out.join("model.safetensors").exists(), "no model file from a diverged run");
 }
 
+/// Options that cannot work are refused before anything is written: `--size` above
+/// `--presize`, `--presize 0`.
+#[test]
+fn size_above_presize_is_refused_up_front() {
+    let (tmp, images) = shapes_tmp(4);
+    let out = tmp.path().join("run");
+    let mut args = fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap());
+    let i = args.iter().position(|a| *a == "--size").unwrap();
+    args[i + 1] = "48";
+    let o = kestrel(&args, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("--size 48 is larger than --presize 40") && stderr.contains("--presize 48 or more"), "{stderr}");
+    assert!(!out.join("show_batch.png").exists(), "refused before any output");
+    let i = args.iter().position(|a| *a == "--presize").unwrap();
+    args[i + 1] = "0";
+    let o = kestrel(&args, &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--presize"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// `--epochs 0`: the frozen epoch only; its results are the run's (fastai's `fine_tune(0)`
 /// would clear them with an empty unfrozen fit).
 #[test]

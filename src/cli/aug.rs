@@ -75,6 +75,20 @@ impl Default for AugOpts {
 }
 
 impl AugOpts {
+    /// Checks that the batch transforms' `--size` fits in the presized items.
+    ///
+    /// Errors: `--size` larger than `presize`, naming both and the fix.
+    pub fn check_presize(&self, presize: u32) -> crate::Result<()> {
+        anyhow::ensure!(
+            self.size <= i64::from(presize),
+            "--size {} is larger than --presize {presize}: the batch transforms take size × size pixels out of the \
+             presized items; give --presize {} or more (the book: Resize(460), then aug_transforms(size=224))",
+            self.size,
+            self.size
+        );
+        Ok(())
+    }
+
     /// The [`AugTransforms`] these options describe (interpolation, padding and the rest at
     /// fastai's defaults).
     ///

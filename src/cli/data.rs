@@ -84,7 +84,7 @@ pub struct DataOpts {
     pub seed: u64,
     /// Presizing: every image is first resized with `Resize(presize)` (crop the largest
     /// square: random on training, centred on validation) on the CPU workers.
-    #[arg(long, value_name = "PX", default_value_t = 460)]
+    #[arg(long, value_name = "PX", default_value_t = 460, value_parser = clap::value_parser!(u32).range(1..))]
     pub presize: u32,
     /// Batch size: the number of images in each batch (the book's pets recipe and kestrel's
     /// default 32; fastai's `bs` default is 64).
@@ -304,6 +304,7 @@ pub fn run(args: DataArgs) -> crate::Result<()> {
             Ok(())
         }
         DataCommand::ShowBatch(a) => {
+            if !a.no_aug { a.aug.check_presize(a.data.presize)?; }
             let (tfms, denorm) = batch_tfms(&a.aug, a.no_aug)?;
             let block = a.data.to_datablock()?.batch_tfms(tfms);
             // One batch of the photos shown (fastai's `max_n` = nrows × ncols), at most the

@@ -212,6 +212,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let arch: Arch = args.model.arch()?;
     let thresh = parse_thresh(&args.thresh)?;
     args.recipe.validate()?;
+    args.aug.check_presize(args.data.presize)?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));

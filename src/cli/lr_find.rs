@@ -75,6 +75,7 @@ pub fn run(args: LrFindArgs) -> crate::Result<()> {
 ///
 /// Errors: as [`run`].
 pub fn lr_find(args: &LrFindArgs) -> crate::Result<LrFindResult> {
+    args.aug.check_presize(args.data.presize)?;
     let mut model = args.model.clone();
     let file = match &args.from {
         Some(p) => {

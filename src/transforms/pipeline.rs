@@ -103,7 +103,8 @@ impl BatchTfms {
         ensure!(
             self.size <= h && self.size <= w,
             "batch transforms: size {} is larger than the presized items ({h}×{w}); presize the items \
-             (item_tfms Resize) to at least size",
+             (item_tfms Resize, kestrel's --presize) to at least {} px",
+            self.size,
             self.size
         );
         Ok(match x.kind() {
