@@ -179,6 +179,7 @@ fn skip_bad_leaves_out_bad_files_and_counts_them() {
     // Without skip_bad the bad file stops the pass with its name.
     let e = format!("{:#}", err.expect("an error for the bad files"));
     assert!(e.contains("cat_9.png") || e.contains("dog_9.png"), "{e}");
+    assert!(e.contains("--skip-bad"), "the error names the way around it: {e}");
     let dls = block.skip_bad(true).image_dataloaders().unwrap();
     let n: i64 = dls.valid.batches(0).map(|b| b.unwrap().x.size()[0]).sum();
     let n_bad_valid = dls.valid.n_skipped();

@@ -220,6 +220,10 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     if args.resume && !out.join(format!("{CHECKPOINT}.pth")).is_file() {
         bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
     }
+    if !args.resume && main && out.join(format!("{CHECKPOINT}.pth")).is_file() {
+        eprintln!("note: {} holds the checkpoint of an interrupted run; this run starts afresh and will replace it \
+                   (--resume continues that run instead)", out.join(format!("{CHECKPOINT}.pth")).display());
+    }
 
     crate::callbacks::install_handler()?;
     let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;

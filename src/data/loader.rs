@@ -101,7 +101,9 @@ impl Inner {
                         log::warn!("skip_bad: leaving out {}: {e:#}", self.paths[idx].display());
                     }
                 }
-                Err(e) => return Err(e.context(format!("loading item {}", self.paths[idx].display()))),
+                Err(e) => {
+                    return Err(e.context(format!("loading item {} (skip_bad, kestrel's --skip-bad, leaves such files out)", self.paths[idx].display())));
+                }
             }
         }
         let Some((first, (h, w, _))) = items.first() else { return Ok(None) };
