@@ -10,13 +10,25 @@
 //!    when libtorch has CUDA (libtorch_cuda.so) and the CUDA runtime, CCCL and NCCL headers
 //!    are found (scripts/setup.sh installs the wheel's nvidia-cuda-crt/-cccl headers);
 //!    otherwise `ProcessGroup::nccl` returns an error saying so.
+//! 3. Compiles the memory-lean training ops (csrc/train_ops.cpp, `kestrel::models::lean`:
+//!    BatchNorm + ReLU6 and the frozen-weight convolution as libtorch autograd functions)
+//!    the same way; they share the shim's error convention (csrc/shim_util.hpp).
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=KESTREL_GLOO_INCLUDE");
-    for f in ["csrc/c10d_shim.cpp", "csrc/c10d_reducer.cpp", "csrc/c10d_nccl.cpp", "csrc/c10d_shim.h", "csrc/c10d_internal.hpp"] {
+    for f in [
+        "csrc/c10d_shim.cpp",
+        "csrc/c10d_reducer.cpp",
+        "csrc/c10d_nccl.cpp",
+        "csrc/c10d_shim.h",
+        "csrc/c10d_internal.hpp",
+        "csrc/shim_util.hpp",
+        "csrc/train_ops.cpp",
+        "csrc/train_ops.h",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -64,6 +76,11 @@ fn main() {
         None => println!("cargo:warning=kestrel: building the c10d shim without NCCL (no libtorch_cuda.so with CUDA runtime, CCCL and NCCL headers)"),
     }
     b.compile("kestrel_c10d");
+
+    let mut ops = cc::Build::new();
+    base(&mut ops);
+    ops.file("csrc/train_ops.cpp");
+    ops.compile("kestrel_train_ops");
 }
 
 /// The include folders the NCCL process group needs, when libtorch has CUDA and they all

@@ -42,7 +42,8 @@ unsafe extern "C" {
     pub(crate) fn kd_reducer_free(r: *mut KdReducer);
 }
 
-/// `Ok(())` for NULL, else the message (freed here).
+/// `Ok(())` for NULL, else the message (freed here). Shared with the training ops
+/// (csrc/train_ops.cpp, `crate::models::lean`), which follow the same error convention.
 pub(crate) fn take_error(e: *mut c_char) -> Result<(), String> {
     if e.is_null() {
         return Ok(());

@@ -9,7 +9,7 @@
 
 pub mod comm;
 pub mod ddp;
-mod ffi;
+pub(crate) mod ffi;
 pub mod launch;
 pub mod reducer;
 pub mod run;

@@ -17,6 +17,7 @@ use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::layers::{batch_norm, conv_no_bias, linear_default, torch_default_init};
+use super::lean;
 
 /// Width, depth, resolution and classifier dropout of Lite0…Lite4 (efficientnet_params).
 const LITE_PARAMS: [(f64, f64, i64, f64); 5] =
@@ -55,8 +56,18 @@ fn round_repeats(repeats: usize, depth: f64) -> usize {
 /// BatchNorm epsilon of every EfficientNet-Lite BatchNorm (TensorFlow's 1e-3).
 pub const BN_EPS: f64 = 1e-3;
 
+/// BatchNorm momentum of every EfficientNet-Lite BatchNorm (PyTorch's convention: TF's 0.99
+/// decay is 0.01).
+const BN_MOMENTUM: f64 = 0.01;
+
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    batch_norm(p, c, BN_EPS, 0.01)
+    batch_norm(p, c, BN_EPS, BN_MOMENTUM)
+}
+
+/// ReLU6 of BatchNorm `bn` on `x`: [`lean::bn_relu6`] with EfficientNet-Lite's momentum and
+/// eps.
+fn bn_relu6(bn: &nn::BatchNorm, x: &Tensor, train: bool) -> Tensor {
+    lean::bn_relu6(bn, x, train, BN_MOMENTUM, BN_EPS)
 }
 
 /// One MBConv block of EfficientNet-Lite as the stage table lays it out.
@@ -133,25 +144,14 @@ impl SameConv {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let size = xs.size();
         let (ph, pw) = (same_padding(size[2], self.k, self.stride), same_padding(size[3], self.k, self.stride));
-        let s = [self.stride, self.stride];
         if ph % 2 == 0 && pw % 2 == 0 {
             // Symmetric: let the convolution pad (no extra copy).
-            xs.conv2d(&self.ws, None::<&Tensor>, s, [ph / 2, pw / 2], [1, 1], self.groups)
+            lean::conv2d(xs, &self.ws, self.stride, [ph / 2, pw / 2], self.groups)
         } else {
             let padded = xs.constant_pad_nd([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2]);
-            padded.conv2d(&self.ws, None::<&Tensor>, s, [0, 0], [1, 1], self.groups)
+            lean::conv2d(&padded, &self.ws, self.stride, [0, 0], self.groups)
         }
     }
-}
-
-/// ReLU6, `min(max(x, 0), 6)` (PyTorch `nn.ReLU6`), in place when autograd does not record
-/// `x` (inference, `no_grad`). When it does, out of place: libtorch's
-/// in-place `hardtanh_` keeps a copy of its input for the backward pass (its derivative
-/// reads the input, not the result), so in place costs a full extra copy of every
-/// activation for no memory saved (that copy was 5 % of the CPU samples of a pets
-/// `fine-tune` run with Lite0, `perf`, 2026-12-01).
-fn relu6(mut x: Tensor) -> Tensor {
-    if x.requires_grad() { x.relu6() } else { x.relu6_() }
 }
 
 /// Mobile inverted bottleneck block (MBConv) without squeeze-excite.
@@ -169,10 +169,10 @@ struct MbConv {
 impl MbConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = match &self.expand {
-            Some((c, b)) => relu6(b.forward_t(&c.forward(xs), train)),
+            Some((c, b)) => bn_relu6(b, &c.forward(xs), train),
             None => xs.shallow_clone(),
         };
-        x = relu6(self.bn1.forward_t(&self.depthwise.forward(&x), train));
+        x = bn_relu6(&self.bn1, &self.depthwise.forward(&x), train);
         x = self.bn2.forward_t(&self.project.forward(&x), train);
         if !self.skip {
             return x;
@@ -250,11 +250,11 @@ impl LiteBody {
 
 impl ModuleT for LiteBody {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = relu6(self.bn0.forward_t(&self.stem.forward(xs), train));
+        let mut x = bn_relu6(&self.bn0, &self.stem.forward(xs), train);
         for b in &self.blocks {
             x = b.forward_t(&x, train);
         }
-        relu6(self.bn1.forward_t(&self.head.forward(&x), train))
+        bn_relu6(&self.bn1, &self.head.forward(&x), train)
     }
 }
 
@@ -284,25 +284,5 @@ impl ModuleT for EfficientNetLite {
         let x = self.body.forward_t(xs, train);
         let x = x.mean_dim(&[-1i64, -2][..], false, Kind::Float).dropout(self.dropout, train);
         self.fc.forward(&x)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relu6_values_and_gradient_are_hardtanh_0_6() {
-        let v = [-1.0f32, 0.0, 3.0, 6.0, 7.0];
-        // Recorded by autograd: out of place; PyTorch's hardtanh_backward passes the
-        // gradient only strictly inside (0, 6).
-        let x = Tensor::from_slice(&v).set_requires_grad(true);
-        let y = relu6(&x * 1.0);
-        assert_eq!(Vec::<f32>::try_from(&y).unwrap(), [0.0, 0.0, 3.0, 6.0, 6.0]);
-        y.sum(tch::Kind::Float).backward();
-        assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), [0.0, 0.0, 1.0, 0.0, 0.0]);
-        // Not recorded: in place, the same values.
-        let y = tch::no_grad(|| relu6(&x * 1.0));
-        assert_eq!(Vec::<f32>::try_from(&y).unwrap(), [0.0, 0.0, 3.0, 6.0, 6.0]);
     }
 }

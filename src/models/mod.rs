@@ -5,6 +5,7 @@ pub mod efficientnet;
 pub mod head;
 pub mod imagenet;
 mod layers;
+mod lean;
 pub mod meta;
 pub mod resnet;
 mod simple_cnn;
