@@ -368,3 +368,26 @@ fn full_disk_keeps_the_previous_checkpoint_and_model_and_damaged_files_are_refus
         assert!(stderr.contains("broken.safetensors"), "{what}: {stderr}");
     }
 }
+
+/// An interrupted `--time` run prints a resume command that runs as printed: `--resume`
+/// does not take `--time`, so the budget becomes `--epochs N`, the unfrozen epochs it fitted.
+#[test]
+fn an_interrupted_time_budget_run_resumes_as_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes(&images, 12);
+    let run = tmp.path().join("run");
+    let mut a = args(&images, &run, &["--time", "8s", "--lr", "2e-3"]);
+    let i = a.iter().position(|s| s == "--epochs").unwrap();
+    a.drain(i..i + 2); // --time replaces --epochs
+    // Interrupted in the second batch of the first unfrozen epoch.
+    let o = output(command(&a).env("KESTREL_INTERRUPT_AFTER", "5"));
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let cmd = stderr.lines().skip_while(|l| !l.starts_with("resume with:")).nth(1).expect("a resume command").trim().to_string();
+    assert!(!cmd.contains("--time") && cmd.contains("--epochs ") && cmd.ends_with("--resume"), "{cmd}");
+    let o = output(Command::new("sh").arg("-c").arg(&cmd).env("OMP_NUM_THREADS", "1").env_remove("KESTREL_INTERRUPT_AFTER"));
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resuming at phase 1"));
+    assert!(run.join("model.safetensors").is_file());
+}

@@ -63,6 +63,13 @@ fn fine_tune_args<'a>(images: &'a str, out: &'a str) -> Vec<&'a str> {
          "--precision", "fp32", "--seed", "7", "--out", out]
 }
 
+/// `args` without the option `name` and its value.
+fn without<'a>(mut args: Vec<&'a str>, name: &str) -> Vec<&'a str> {
+    let i = args.iter().position(|a| *a == name).unwrap();
+    args.drain(i..i + 2);
+    args
+}
+
 /// [`fine_tune_args`] with `--bs` set to `bs`, plus `extra`.
 fn with_bs<'a>(mut args: Vec<&'a str>, bs: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let i = args.iter().position(|a| *a == "--bs").unwrap();
@@ -148,7 +155,8 @@ fn fine_tune_writes_every_output_and_report_inlines_images() {
 fn fine_tune_recipe_options_calibrate_and_predict_unknown() {
     let (tmp, images) = shapes_tmp(12);
     let out = tmp.path().join("run");
-    let mut args = fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap());
+    // --time replaces --epochs.
+    let mut args = without(fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), "--epochs");
     args.extend(["--label-smoothing", "--mixup", "--ema", "--tta", "--wd", "0.05", "--lr-mult", "10", "--time", "4s"]);
     let o = kestrel(&args, &[]);
     assert!(o.status.success());
@@ -277,6 +285,29 @@ fn size_above_presize_is_refused_up_front() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--presize"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// Options that would be silently ignored or cannot work are refused by the argument
+/// parser, naming them: `--bs 0` (fine-tune and predict), `--time` with `--epochs`,
+/// `--valid-pct` with `--valid-col`.
+#[test]
+fn contradictory_or_empty_options_are_refused() {
+    let (tmp, images) = shapes_tmp(4);
+    let out = tmp.path().join("run");
+    let args = fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap());
+    let refused = |args: &[&str], names: &[&str]| {
+        let o = kestrel(args, &[]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        for n in names {
+            assert!(stderr.contains(n), "{n} not named: {stderr}");
+        }
+    };
+    refused(&with_bs(args.clone(), "0", &[]), &["--bs", "at least 1"]);
+    refused(&[args.as_slice(), &["--time", "5s"]].concat(), &["--time", "--epochs"]);
+    refused(&[args.as_slice(), &["--csv", "x.csv", "--valid-col", "is_valid", "--valid-pct", "0.3"]].concat(), &["--valid-pct", "--valid-col"]);
+    refused(&["predict", "m.safetensors", "x.png", "--bs", "0"], &["--bs", "at least 1"]);
+    assert!(!out.exists(), "nothing written");
+}
+
 /// `--epochs 0`: the frozen epoch only; its results are the run's (fastai's `fine_tune(0)`
 /// would clear them with an empty unfrozen fit).
 #[test]
@@ -401,7 +432,7 @@ fn check_data_reports_each_problem() {
 fn time_60s_ends_within_a_minute_plus_one_epoch() {
     let (tmp, images) = shapes_tmp(12);
     let out = tmp.path().join("run");
-    let mut args = fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = without(fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), "--epochs");
     args.extend(["--time", "60s", "--tta", "false", "--no-calibrate"]);
     let o = kestrel(&args, &[]);
     assert!(o.status.success());

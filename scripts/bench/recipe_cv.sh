@@ -97,11 +97,14 @@ fi
 
 # ---------------------------------------------------------------- recipes
 # BASE is --flag value pairs; with_base FLAGS... prints (NUL-separated) BASE without the
-# pairs whose flag FLAGS gives again (clap refuses a repeated option), then FLAGS.
+# pairs whose flag FLAGS gives again (clap refuses a repeated option), and without
+# --epochs when FLAGS has --time (which replaces it), then FLAGS.
 with_base() {
   local i
   for ((i = 0; i < ${#BASE[@]}; i += 2)); do
-    [[ " $* " == *" ${BASE[i]} "* ]] || printf '%s\0%s\0' "${BASE[i]}" "${BASE[i+1]}"
+    [[ " $* " == *" ${BASE[i]} "* ]] && continue
+    [[ ${BASE[i]} == --epochs && " $* " == *" --time "* ]] && continue
+    printf '%s\0%s\0' "${BASE[i]}" "${BASE[i+1]}"
   done
   [ $# -eq 0 ] || printf '%s\0' "$@"
 }

@@ -75,8 +75,9 @@ pub struct DataOpts {
     /// to the dataset folder (fastai `FileSplitter`); the other items train.
     #[arg(long, value_name = "FILE", conflicts_with = "valid_col")]
     pub valid_list: Option<PathBuf>,
-    /// Fraction of the items held out for validation by `RandomSplitter`.
-    #[arg(long, value_name = "PCT", default_value_t = 0.2)]
+    /// Fraction of the items held out for validation by `RandomSplitter` (not with
+    /// --valid-col or --valid-list, which split otherwise).
+    #[arg(long, value_name = "PCT", default_value_t = 0.2, conflicts_with_all = ["valid_col", "valid_list"])]
     pub valid_pct: f64,
     /// Random seed of the split, the shuffles and the random transforms: the same seed
     /// gives the same split and batches.
@@ -88,7 +89,7 @@ pub struct DataOpts {
     pub presize: u32,
     /// Batch size: the number of images in each batch (the book's pets recipe and kestrel's
     /// default 32; fastai's `bs` default is 64).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = parse_bs)]
     pub bs: usize,
     /// Worker threads decoding and resizing images (default: the number of CPUs).
     #[arg(long, value_name = "N")]
@@ -202,6 +203,14 @@ impl DataOpts {
             .skip_bad(self.skip_bad)
             .label_delim(self.label_delim)
             .balance(self.balance))
+    }
+}
+
+/// A batch size (`--bs`): a whole number of at least 1.
+pub(crate) fn parse_bs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a batch size of at least 1 image, got '{s}'")),
     }
 }
 

@@ -274,7 +274,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     if interrupt_requested() {
         bail!("interrupted before training (nothing to resume); run the same command again:\n  {}", plain_command());
     }
-    crate::callbacks::set_resume_hint(learn.checkpoint_path(CHECKPOINT), resume_command(lr, &out));
+    crate::callbacks::set_resume_hint(learn.checkpoint_path(CHECKPOINT), resume_command(lr, &out, args.epochs));
     let usage = ResourceUsageCallback::new();
     let epoch_usage = usage.records();
     let csv = out.join("metrics.csv");
@@ -323,7 +323,8 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     if learn.stop_reason.as_deref() == Some("interrupted") {
         if !main { bail!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display()); }
         bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
-              learn.checkpoint_path(CHECKPOINT).display(), resume_command(lr, &out));
+              learn.checkpoint_path(CHECKPOINT).display(),
+              resume_command(lr, &out, if learn.phase == 1 { learn.n_epoch } else { args.epochs }));
     }
     if let Some(r) = learn.stop_reason.as_deref().filter(|r| r.starts_with("TerminateOnNaN")) {
         bail!("training diverged ({r}); no model was exported. Lower the learning rate (--lr {:.0e}, a tenth of this one) \
@@ -501,7 +502,8 @@ fn stop_if_interrupted(learn: &Learner, lr: f64, out: &std::path::Path) -> crate
     let _guard = crate::callbacks::SavingGuard::new();
     let ckpt = learn.save(CHECKPOINT, Some(learn.position_after_epoch()))?;
     bail!("interrupted after training: the model is saved in {}, the plots and report.html are not written; \
-           checkpoint written to {}\nresume with:\n  {}", out.join(MODEL_FILE).display(), ckpt.display(), resume_command(lr, out));
+           checkpoint written to {}\nresume with:\n  {}", out.join(MODEL_FILE).display(), ckpt.display(),
+           resume_command(lr, out, if learn.phase == 1 { learn.n_epoch } else { 0 }));
 }
 
 /// Writes the self-contained model file (weights + architecture, vocabulary, inference
@@ -630,15 +632,24 @@ fn plain_command() -> String {
     cmd.join(" ")
 }
 
-/// The command line of this process with `--resume`, `--out` and the lr actually used.
-fn resume_command(lr: f64, out: &std::path::Path) -> String {
+/// The command line of this process with `--resume`, `--out` and the lr actually used. A
+/// `--time` budget becomes `--epochs unfrozen_epochs` (the two exclude each other, and
+/// `--resume` does not take `--time`): the unfrozen epochs the budget fitted, which set the
+/// one-cycle schedule the checkpoint continues, or the caller's choice before they were fitted.
+fn resume_command(lr: f64, out: &std::path::Path, unfrozen_epochs: usize) -> String {
     let mut args: Vec<String> = std::env::args().collect();
     let mut cmd: Vec<String> = Vec::new();
+    let mut timed = false;
     let mut i = 0;
     while i < args.len() {
         let a = std::mem::take(&mut args[i]);
         match a.as_str() {
             "--lr" | "--out" => i += 1,
+            "--time" => {
+                timed = true;
+                i += 1;
+            }
+            _ if a.starts_with("--time=") => timed = true,
             _ if a.starts_with("--lr=") || a.starts_with("--out=") || a == "--resume" => {}
             _ => cmd.push(shell_quote(&a)),
         }
@@ -647,6 +658,7 @@ fn resume_command(lr: f64, out: &std::path::Path) -> String {
     // cmd[0] stays the program as it was typed (a path when kestrel is not on PATH).
     let is_pets = cmd.get(1).is_some_and(|c| c == "pets");
     if !is_pets { cmd.push(format!("--lr {lr:e}")); }
+    if timed { cmd.push(format!("--epochs {unfrozen_epochs}")); }
     cmd.push(format!("--out {}", shell_quote(&out.display().to_string())));
     cmd.push("--resume".into());
     cmd.join(" ")

@@ -51,7 +51,7 @@ pub struct PredictArgs {
     #[arg(long, value_name = "P", default_value_t = super::predict_model::DEFAULT_MIN_PROB)]
     pub min_prob: f64,
     /// With a model file: photos per forward pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::data::parse_bs)]
     pub bs: usize,
     /// With a model file: threads decoding photos (default: the number of CPUs).
     #[arg(long, value_name = "N")]

@@ -52,7 +52,7 @@ pub struct RecipeOpts {
     /// Train for this long instead of `--epochs` (Ultralytics `time`): 60s, 5m, 1.5h, 1h30m. The
     /// frozen epochs run first; the unfrozen epochs (and their one-cycle schedule) are fitted
     /// to what is left, from the measured epoch time. Validation counts; lr_find does not.
-    #[arg(long, value_name = "DURATION", conflicts_with = "resume")]
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["resume", "epochs"])]
     pub time: Option<String>,
     /// Weight decay of every fit (fastai `wd`; default the optimizer's, 0.01 for Adam).
     #[arg(long, value_name = "WD")]

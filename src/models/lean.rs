@@ -4,7 +4,8 @@
 //!
 //! Why: training EfficientNet-Lite0 at 224² keeps ~82 MB of activations per image with the
 //! standard ops (2.6 GB at `--bs 32`), and every page of it is faulted in once, which costs
-//! seconds of kernel time in the first epoch on a VM.
+//! seconds of kernel time in the first epoch on a VM. With these ops the pets recipe's peak
+//! RSS at `--bs 32` is 2.92 GB instead of 3.44 GB (README, "Memory and the allocator").
 //! - [`bn_relu6`]: libtorch's BatchNorm keeps its input, `hardtanh` (ReLU6) keeps its own
 //!   input (BatchNorm's output) and the next convolution keeps the ReLU6 output: three full
 //!   tensors. This keeps BatchNorm's input and the ReLU6 output (the storage the
