@@ -371,6 +371,7 @@ fn full_disk_keeps_the_previous_checkpoint_and_model_and_damaged_files_are_refus
 
 /// An interrupted `--time` run prints a resume command that runs as printed: `--resume`
 /// does not take `--time`, so the budget becomes `--epochs N`, the unfrozen epochs it fitted.
+/// Resuming with another `--bs` is refused, naming it.
 #[test]
 fn an_interrupted_time_budget_run_resumes_as_printed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -386,6 +387,13 @@ fn an_interrupted_time_budget_run_resumes_as_printed() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     let cmd = stderr.lines().skip_while(|l| !l.starts_with("resume with:")).nth(1).expect("a resume command").trim().to_string();
     assert!(!cmd.contains("--time") && cmd.contains("--epochs ") && cmd.ends_with("--resume"), "{cmd}");
+    // The same command at another batch size is refused: the checkpoint's batch position
+    // belongs to the interrupted run's batches.
+    let changed = cmd.replace(" --bs 8 ", " --bs 16 ");
+    assert_ne!(changed, cmd);
+    let o = output(Command::new("sh").arg("-c").arg(&changed).env("OMP_NUM_THREADS", "1").env_remove("KESTREL_INTERRUPT_AFTER"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("--bs 8 (this command: 16)"), "{stderr}");
     let o = output(Command::new("sh").arg("-c").arg(&cmd).env("OMP_NUM_THREADS", "1").env_remove("KESTREL_INTERRUPT_AFTER"));
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("resuming at phase 1"));

@@ -5,6 +5,7 @@
 use super::aug::AugOpts;
 use super::data::DataOpts;
 use super::recipe::{self, RecipeOpts};
+use super::run_options::RunOptions;
 use super::lr_find::print_suggestions;
 use super::model::{ModelOpts, PrecisionArg};
 use crate::report::run::{RunFiles, write_run_report};
@@ -273,6 +274,21 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     };
     if interrupt_requested() {
         bail!("interrupted before training (nothing to resume); run the same command again:\n  {}", plain_command());
+    }
+    let run_options = RunOptions {
+        arch: args.model.arch.clone(),
+        bs: args.data.bs,
+        lr,
+        seed: args.data.seed,
+        freeze_epochs: args.freeze_epochs,
+        epochs: args.recipe.time.is_none().then_some(args.epochs),
+        presize: args.data.presize,
+        size: args.aug.size,
+    };
+    if args.resume {
+        run_options.check_resume(&out)?;
+    } else if main {
+        run_options.save(&out)?;
     }
     crate::callbacks::set_resume_hint(learn.checkpoint_path(CHECKPOINT), resume_command(lr, &out, args.epochs));
     let usage = ResourceUsageCallback::new();

@@ -13,6 +13,7 @@ pub mod pets;
 pub mod predict;
 pub mod predict_model;
 pub mod recipe;
+pub mod run_options;
 
 use clap::{Parser, Subcommand};
 
