@@ -286,8 +286,8 @@ fn size_above_presize_is_refused_up_front() {
 }
 
 /// Options that would be silently ignored or cannot work are refused by the argument
-/// parser, naming them: `--bs 0` (fine-tune and predict), `--time` with `--epochs`,
-/// `--valid-pct` with `--valid-col`.
+/// parser, naming them: `--bs 0` (fine-tune and predict), `--topk 0`, `--time` with
+/// `--epochs`, `--valid-pct` with `--valid-col`; `--lr -1` is read as a value and refused.
 #[test]
 fn contradictory_or_empty_options_are_refused() {
     let (tmp, images) = shapes_tmp(4);
@@ -305,6 +305,9 @@ fn contradictory_or_empty_options_are_refused() {
     refused(&[args.as_slice(), &["--time", "5s"]].concat(), &["--time", "--epochs"]);
     refused(&[args.as_slice(), &["--csv", "x.csv", "--valid-col", "is_valid", "--valid-pct", "0.3"]].concat(), &["--valid-pct", "--valid-col"]);
     refused(&["predict", "m.safetensors", "x.png", "--bs", "0"], &["--bs", "at least 1"]);
+    refused(&["predict", "m.safetensors", "x.png", "--topk", "0"], &["--topk", "at least 1"]);
+    // A negative learning rate is the value of --lr, not an unknown option.
+    refused(&[args.as_slice(), &["--lr", "-1"]].concat(), &["--lr -1", "positive number"]);
     assert!(!out.exists(), "nothing written");
 }
 

@@ -56,7 +56,7 @@ pub struct FineTuneArgs {
     /// Base learning rate of `fine_tune`, or `auto`: run an `lr_find` sweep first and use
     /// its `valley` suggestion. fastai's default base_lr is 2e-3. With a number no sweep
     /// runs (unless --lr-find).
-    #[arg(long, default_value = "2e-3")]
+    #[arg(long, default_value = "2e-3", allow_hyphen_values = true)]
     pub lr: String,
     /// Also run the `lr_find` sweep before training with a fixed --lr, to draw
     /// lr_find.png (`kestrel lr-find` draws it without training).

@@ -14,6 +14,14 @@ use crate::models::imagenet::{ImagenetClassifier, class_names, load_center_crop,
 use crate::util::device::parse_device;
 use super::predict_model::PredictModelOptions;
 
+/// `--topk`: a whole number of at least 1.
+fn parse_topk(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected the number of classes to show, at least 1, got '{s}'")),
+    }
+}
+
 /// Arguments of `kestrel predict`.
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -35,8 +43,9 @@ pub struct PredictArgs {
     /// {"file": ..., "top": [{"label": ..., "index": ..., "prob": ...}, ...]}.
     #[arg(long)]
     pub json: bool,
-    /// With a model file: number of most probable classes shown per photo.
-    #[arg(long, default_value_t = 3)]
+    /// With a model file: number of most probable classes shown per photo (at least 1;
+    /// more than the model has shows them all).
+    #[arg(long, default_value_t = 3, value_parser = parse_topk)]
     pub topk: usize,
     /// With a model file: also write every prediction to this CSV file.
     #[arg(long, value_name = "FILE")]
