@@ -9,7 +9,7 @@ use kestrel::data::{CategoryMap, DataLoaders, TensorLoader};
 use kestrel::learner::{CrossEntropyLossFlat, Learner};
 use kestrel::models::SimpleCnn;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,6 +156,24 @@ fn spawn(a: &[String]) -> Child {
     command(a).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start kestrel")
 }
 
+/// A temporary folder holding [`shapes`]' 12 photos per class in `shapes/`.
+fn shapes_tmp() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("shapes");
+    shapes(&images, 12);
+    (tmp, images)
+}
+
+/// The command printed on the line after "resume with:" in `stderr`.
+fn printed_resume_command(stderr: &str) -> String {
+    stderr.lines().skip_while(|l| !l.contains("resume with:")).nth(1).expect("the resume command is printed").trim().to_string()
+}
+
+/// Runs a printed command line as a user pastes it into a shell.
+fn run_printed(cmd: &str) -> Output {
+    output(Command::new("sh").arg("-c").arg(cmd).env("OMP_NUM_THREADS", "1").env_remove("KESTREL_INTERRUPT_AFTER"))
+}
+
 /// Waits until `file` exists (the process is then past that point).
 fn wait_for(file: &Path, child: &mut Child) {
     let t = Instant::now();
@@ -203,9 +221,7 @@ fn assert_same_metrics(a: &[f64], b: &[f64]) {
 
 #[test]
 fn sigterm_and_kill_9_resume_to_the_uninterrupted_metrics() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes(&images, 12);
+    let (tmp, images) = shapes_tmp();
     let reference = tmp.path().join("reference");
     assert!(output(&mut command(&args(&images, &reference, &[]))).status.success());
     let want = last_metrics(&reference);
@@ -217,9 +233,9 @@ fn sigterm_and_kill_9_resume_to_the_uninterrupted_metrics() {
     let mut child = spawn(&a);
     wait_for(&out.join("checkpoint.pth"), &mut child);
     let stderr = sigterm(child, "training");
-    let cmd = stderr.lines().skip_while(|l| !l.contains("resume with:")).nth(1).expect("the resume command is printed").trim();
+    let cmd = printed_resume_command(&stderr);
     assert!(cmd.ends_with("--resume") && cmd.contains("--checkpoint-every 1b"), "{cmd}");
-    let o = output(Command::new("sh").arg("-c").arg(cmd).env("OMP_NUM_THREADS", "1"));
+    let o = run_printed(&cmd);
     assert!(o.status.success(), "the printed command resumes and finishes");
     assert_same_metrics(&last_metrics(&out), &want);
 
@@ -247,9 +263,7 @@ fn sigterm_and_kill_9_resume_to_the_uninterrupted_metrics() {
 
 #[test]
 fn sigterm_before_training_exits_at_once_with_nothing_to_resume() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes(&images, 12);
+    let (tmp, images) = shapes_tmp();
     let out = tmp.path().join("run");
     // A long lr_find: the signal arrives while it (or the set-up before it) runs.
     let mut a = args(&images, &out, &[]);
@@ -270,9 +284,7 @@ fn sigterm_before_training_exits_at_once_with_nothing_to_resume() {
 
 #[test]
 fn sigterm_during_the_lr_find_command_prints_the_command_to_rerun() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes(&images, 12);
+    let (tmp, images) = shapes_tmp();
     let png = tmp.path().join("lr.png");
     let a: Vec<String> = ["lr-find", "--folder", images.to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$",
         "--arch", "efficientnet_lite0", "--no-pretrained", "--presize", "40", "--size", "32", "--bs", "8",
@@ -301,9 +313,7 @@ fn with_fsize_limit(a: &[String], limit: u64) -> Output {
 
 #[test]
 fn full_disk_keeps_the_previous_checkpoint_and_model_and_damaged_files_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes(&images, 12);
+    let (tmp, images) = shapes_tmp();
     let run = tmp.path().join("run");
     // Interrupted after the last training batch (3 frozen + 3 unfrozen): every resume
     // below only validates and writes the outputs.
@@ -374,9 +384,7 @@ fn full_disk_keeps_the_previous_checkpoint_and_model_and_damaged_files_are_refus
 /// Resuming with another `--bs` is refused, naming it.
 #[test]
 fn an_interrupted_time_budget_run_resumes_as_printed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("shapes");
-    shapes(&images, 12);
+    let (tmp, images) = shapes_tmp();
     let run = tmp.path().join("run");
     let mut a = args(&images, &run, &["--time", "8s", "--lr", "2e-3"]);
     let i = a.iter().position(|s| s == "--epochs").unwrap();
@@ -385,16 +393,16 @@ fn an_interrupted_time_budget_run_resumes_as_printed() {
     let o = output(command(&a).env("KESTREL_INTERRUPT_AFTER", "5"));
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    let cmd = stderr.lines().skip_while(|l| !l.starts_with("resume with:")).nth(1).expect("a resume command").trim().to_string();
+    let cmd = printed_resume_command(&stderr);
     assert!(!cmd.contains("--time") && cmd.contains("--epochs ") && cmd.ends_with("--resume"), "{cmd}");
     // The same command at another batch size is refused: the checkpoint's batch position
     // belongs to the interrupted run's batches.
     let changed = cmd.replace(" --bs 8 ", " --bs 16 ");
     assert_ne!(changed, cmd);
-    let o = output(Command::new("sh").arg("-c").arg(&changed).env("OMP_NUM_THREADS", "1").env_remove("KESTREL_INTERRUPT_AFTER"));
+    let o = run_printed(&changed);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && stderr.contains("--bs 8 (this command: 16)"), "{stderr}");
-    let o = output(Command::new("sh").arg("-c").arg(&cmd).env("OMP_NUM_THREADS", "1").env_remove("KESTREL_INTERRUPT_AFTER"));
+    let o = run_printed(&cmd);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("resuming at phase 1"));
     assert!(run.join("model.safetensors").is_file());
