@@ -4,6 +4,9 @@
 //! uninterrupted run; truncated or damaged checkpoints and model files are errors, never
 //! panics; a full disk (RLIMIT_FSIZE) while writing leaves the previous file intact.
 
+mod torch_rng;
+use torch_rng::torch_rng;
+
 use kestrel::callbacks::{Callback, InterruptCallback};
 use kestrel::data::{CategoryMap, DataLoaders, TensorLoader};
 use kestrel::learner::{CrossEntropyLossFlat, Learner};
@@ -59,6 +62,7 @@ impl Callback for SignalInValidation {
 
 #[test]
 fn interrupt_in_validation_resumes_to_the_same_model_and_table() {
+    let _rng = torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let full = {
         let mut l = learner(dir.path());
@@ -84,6 +88,7 @@ fn interrupt_in_validation_resumes_to_the_same_model_and_table() {
 
 #[test]
 fn truncated_or_damaged_checkpoints_are_errors_not_panics() {
+    let _rng = torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let mut l = learner(dir.path());
     l.fit_one_cycle(1, 1e-2).unwrap();

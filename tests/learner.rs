@@ -3,6 +3,9 @@
 //! freezing, fine_tune, lr_find restoring weights, checkpoint/resume bit-for-bit,
 //! TerminateOnNaN, the GradScaler and the built-in callbacks.
 
+mod torch_rng;
+use torch_rng::torch_rng;
+
 use kestrel::callbacks::{Callback, Cancel, CSVLogger, EarlyStoppingCallback, SaveCheckpoint, TerminateOnNaNCallback};
 use kestrel::data::{CategoryMap, DataLoaders, TensorLoader};
 use kestrel::learner::lr_find::{minimum, slide, steep, valley};
@@ -124,6 +127,7 @@ fn schedules_equal_fastai() {
 
 #[test]
 fn fit_one_cycle_drives_the_optimizer_like_fastai() {
+    let _rng = torch_rng();
     let c = &fixture("schedules.json")["one_cycle"][0];
     // 4 batches per epoch, 2 epochs, lr_max 1e-2
     let mut learn = learner(dls(32, 16, 8), 0);
@@ -214,6 +218,7 @@ fn losses_and_metrics_equal_fastai() {
 
 #[test]
 fn lr_find_leaves_weights_unchanged_and_plots() {
+    let _rng = torch_rng();
     let mut learn = learner(dls(64, 16, 8), 3);
     let before = learn.model_state();
     let r = learn.lr_find(LrFindOptions::default()).unwrap();
@@ -231,6 +236,7 @@ fn lr_find_leaves_weights_unchanged_and_plots() {
 
 #[test]
 fn frozen_epoch_trains_only_head_and_batchnorm() {
+    let _rng = torch_rng();
     let mut learn = learner(dls(64, 16, 16), 4);
     learn.freeze();
     let before = learn.model_state();
@@ -253,6 +259,7 @@ fn frozen_epoch_trains_only_head_and_batchnorm() {
 
 #[test]
 fn fine_tune_learns_synthetic_shapes() {
+    let _rng = torch_rng();
     let mut learn = learner(dls(512, 128, 32), 5).with_metrics(vec![metrics::accuracy()]).with_cb(Box::new(kestrel::callbacks::ProgressCallback::new()));
     // a randomly initialised body needs a higher base_lr than fastai's 2e-3 for pretrained ones
     learn.fine_tune(4, 0.05).unwrap();
@@ -280,6 +287,7 @@ impl Callback for Crash {
 
 #[test]
 fn resumed_fine_tune_ends_bitwise_equal() {
+    let _rng = torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let run = |cbs: Vec<Box<dyn Callback>>, resume: bool| {
         let mut l = learner(dls(48, 16, 8), 6).with_model_dir(dir.path());
@@ -312,6 +320,7 @@ impl Loss for NanAfter {
 
 #[test]
 fn nan_loss_stops_with_terminate_on_nan_message() {
+    let _rng = torch_rng();
     let mut learn = learner(dls(64, 16, 8), 7).with_cb(Box::new(TerminateOnNaNCallback));
     learn.loss_func = Box::new(NanAfter { at: 11, n: AtomicUsize::new(0) });
     learn.fit(3, 1e-3).unwrap();
@@ -322,6 +331,7 @@ fn nan_loss_stops_with_terminate_on_nan_message() {
 
 #[test]
 fn grad_scaler_skips_overflow_and_grows() {
+    let _rng = torch_rng();
     let mut s = GradScaler::new();
     assert_eq!(s.scale(), 65536.0);
     let g = Tensor::from_slice(&[65536.0f32, f32::INFINITY]);
@@ -343,6 +353,7 @@ fn grad_scaler_skips_overflow_and_grows() {
 
 #[test]
 fn early_stopping_and_csv_logger() {
+    let _rng = torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("history.csv");
     let mut learn = learner(dls(32, 16, 8), 9)
@@ -362,6 +373,7 @@ fn early_stopping_and_csv_logger() {
 
 #[test]
 fn bf16_autocast_on_cpu() {
+    let _rng = torch_rng();
     let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
     let inside = kestrel::learner::fp16::with_cpu_autocast(|| a.matmul(&a));
     assert_eq!(inside.kind(), Kind::BFloat16, "matmul under CPU autocast runs in bfloat16");

@@ -3,6 +3,9 @@
 //! callbacks (fixture from scripts/ref/recipe_fixture.py), the EMA of the weights, and
 //! `fine_tune_for` ending within its time budget.
 
+mod torch_rng;
+use torch_rng::torch_rng;
+
 use kestrel::callbacks::{Callback, EmaCallback, MixHandler, cutmix_inputs, mix_loss, mixup_inputs, rand_bbox, sample_beta};
 use kestrel::data::{CategoryMap, DataLoaders, TensorLoader};
 use kestrel::interpret::calibration::{self, ECE_BINS, apply_temperature, ece, fit_temperature, nll, reliability};
@@ -79,6 +82,7 @@ fn ece_matches_a_hand_computed_case() {
 /// ECE on the other half; the cross-fitted numbers of `calibrate` agree.
 #[test]
 fn temperature_fitted_on_one_half_calibrates_the_other() {
+    let _rng = torch_rng();
     tch::manual_seed(5);
     let (n, c) = (4000i64, 10i64);
     let z = Tensor::randn([n, c], (Kind::Float, Device::Cpu)) * 1.5;
@@ -170,6 +174,7 @@ fn label_smoothing_per_item_losses_average_to_fastais_loss() {
 /// Beta(α, α) draws: mean 1/2 and variance 1/(4(2α + 1)).
 #[test]
 fn beta_draws_have_the_right_moments() {
+    let _rng = torch_rng();
     tch::manual_seed(3);
     for alpha in [0.4, 1.0] {
         let s = sample_beta(alpha, 200_000).to_kind(Kind::Double);
@@ -226,6 +231,7 @@ impl Callback for Spy {
 /// weights; the validation of the epoch ran on the averaged weights.
 #[test]
 fn ema_leaves_the_average_of_the_steps() {
+    let _rng = torch_rng();
     let learn = learner(dls(64, 32, 16), 3);
     let init = learn.model_state();
     let steps = Arc::new(Mutex::new(Vec::new()));
@@ -260,6 +266,7 @@ fn ema_leaves_the_average_of_the_steps() {
 /// MixUp and CutMix train (the loss goes down on learnable data) and leave validation alone.
 #[test]
 fn mixup_and_cutmix_train() {
+    let _rng = torch_rng();
     for cb in [MixHandler::mixup(0.4), MixHandler::cutmix(1.0)] {
         let name = cb.name();
         let mut learn = learner(dls(128, 64, 16), 4).with_cb(Box::new(cb));
@@ -293,6 +300,7 @@ impl Callback for EpochTimes {
 /// schedule to the epochs it runs (the learning rate ends near zero, as a full cycle does).
 #[test]
 fn fine_tune_for_ends_within_the_budget() {
+    let _rng = torch_rng();
     let times = Arc::new(Mutex::new(Vec::new()));
     let mut learn = learner(dls(512, 64, 32), 5).with_cb(Box::new(EpochTimes(times.clone(), None)));
     // One epoch first to measure how long an epoch takes on this (possibly busy) machine.
