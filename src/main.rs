@@ -15,6 +15,7 @@ fn main() {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if let Err(e) = kestrel::cli::main() {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // 130 when Ctrl-C/SIGTERM stopped the command, else 1.
+        std::process::exit(kestrel::callbacks::exit_status(&e));
     }
 }

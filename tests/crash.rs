@@ -195,7 +195,8 @@ fn signal(child: &Child, sig: i32) {
 }
 
 /// Sends SIGTERM to `child` (interrupted `during` something, for the log) and waits for it:
-/// it must exit non-zero within 10 s, without a panic. Returns its stderr.
+/// it must exit with status 130 (as after Ctrl-C) within 10 s, without a panic. Returns its
+/// stderr.
 fn sigterm(child: Child, during: &str) -> String {
     let t = Instant::now();
     signal(&child, libc::SIGTERM);
@@ -203,7 +204,7 @@ fn sigterm(child: Child, during: &str) -> String {
     let answered = t.elapsed();
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     eprintln!("SIGTERM during {during} answered in {:.2} s\n{stderr}", answered.as_secs_f64());
-    assert!(!o.status.success(), "an interrupted run exits non-zero");
+    assert_eq!(o.status.code(), Some(130), "an interrupted run exits with 130");
     assert!(answered < Duration::from_secs(10), "answered in {answered:?}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
@@ -215,6 +216,12 @@ fn last_metrics(out: &Path) -> Vec<f64> {
     let last = csv.lines().last().unwrap();
     let cells: Vec<&str> = last.split(',').collect();
     cells[..cells.len() - 1].iter().map(|c| c.parse().unwrap()).collect()
+}
+
+/// metrics.csv without its time column: the header and every epoch's numbers.
+fn tables(out: &Path) -> Vec<String> {
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    csv.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect()
 }
 
 fn assert_same_metrics(a: &[f64], b: &[f64]) {
@@ -243,6 +250,7 @@ fn sigterm_and_kill_9_resume_to_the_uninterrupted_metrics() {
     let o = run_printed(&cmd);
     assert!(o.status.success(), "the printed command resumes and finishes");
     assert_same_metrics(&last_metrics(&out), &want);
+    assert_eq!(tables(&out), tables(&reference), "metrics.csv holds the uninterrupted run's tables");
 
     // kill -9 (no chance to react) after a periodic checkpoint: --resume continues from it.
     let out = tmp.path().join("kill");
@@ -262,8 +270,39 @@ fn sigterm_and_kill_9_resume_to_the_uninterrupted_metrics() {
         assert!(o.status.success());
         assert!(String::from_utf8_lossy(&o.stdout).contains("resuming at phase"));
         assert_same_metrics(&last_metrics(&out), &want);
+        assert_eq!(tables(&out), tables(&reference), "metrics.csv holds the uninterrupted run's tables");
     }
     assert!(out.join("report.html").is_file() && !out.join("checkpoint.pth").exists());
+}
+
+/// A second signal stops at once, without waiting for the batch: it names the last
+/// complete checkpoint and the command that resumes from it, exits with 130, and that
+/// command finishes the run. Batches of 224 px keep the first signal's batch running
+/// while the second arrives.
+#[test]
+fn a_second_signal_stops_at_once_naming_the_last_checkpoint() {
+    let (tmp, images) = shapes_tmp();
+    let out = tmp.path().join("run");
+    let mut a = args(&images, &out, &["--checkpoint-every", "1b"]);
+    for (opt, v) in [("--presize", "256"), ("--size", "224")] {
+        let i = a.iter().position(|s| s == opt).unwrap();
+        a[i + 1] = v.into();
+    }
+    let mut child = spawn(&a);
+    wait_for(&out.join("checkpoint.pth"), &mut child);
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!("two SIGTERMs answered in {:.2} s\n{stderr}", t.elapsed().as_secs_f64());
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(stderr.contains("stopping at once (a second signal)") && stderr.contains("The last complete checkpoint is"), "{stderr}");
+    let o = run_printed(&printed_resume_command(&stderr));
+    assert!(o.status.success(), "the printed command resumes and finishes");
+    assert!(out.join("model.safetensors").is_file() && !out.join("checkpoint.pth").exists());
 }
 
 #[test]

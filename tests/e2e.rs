@@ -197,7 +197,7 @@ fn interrupt_writes_checkpoint_and_printed_command_resumes() {
     // Interrupt in the unfrozen phase after its 2nd batch: 3 training batches per epoch
     // (29 training images, bs 8, drop_last), 1 frozen epoch.
     let o = kestrel(&fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), &[("KESTREL_INTERRUPT_AFTER", "5")]);
-    assert!(!o.status.success(), "an interrupted run exits non-zero");
+    assert_eq!(o.status.code(), Some(130), "an interrupted run exits with 130, as after Ctrl-C");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(out.join("checkpoint.pth").is_file());
     let cmd = stderr.lines().skip_while(|l| !l.contains("resume with:")).nth(1).expect("the resume command is printed").trim();
@@ -306,9 +306,25 @@ fn contradictory_or_empty_options_are_refused() {
     refused(&[args.as_slice(), &["--csv", "x.csv", "--valid-col", "is_valid", "--valid-pct", "0.3"]].concat(), &["--valid-pct", "--valid-col"]);
     refused(&["predict", "m.safetensors", "x.png", "--bs", "0"], &["--bs", "at least 1"]);
     refused(&["predict", "m.safetensors", "x.png", "--topk", "0"], &["--topk", "at least 1"]);
+    refused(&["lr-find", "--folder", images.to_str().unwrap(), "--num-it", "5"], &["--num-it", "at least 10"]);
     // A negative learning rate is the value of --lr, not an unknown option.
     refused(&[args.as_slice(), &["--lr", "-1"]].concat(), &["--lr -1", "positive number"]);
-    assert!(!out.exists(), "nothing written");
+    // Options that the data makes meaningless, refused once it is read.
+    refused(&[args.as_slice(), &["--thresh", "0.3"]].concat(), &["--thresh 0.3", "single-label", "--min-prob"]);
+    refused(&[args.as_slice(), &["--label-from", "parent"]].concat(), &["--label-re", "parent folders", "--label-from name-re"]);
+    let csv = tmp.path().join("labels.csv");
+    let rows: Vec<String> = std::fs::read_dir(&images).unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .map(|n| format!("{n},{}", n.split('_').next().unwrap()))
+        .collect();
+    std::fs::write(&csv, format!("fname,label\n{}\n", rows.join("\n"))).unwrap();
+    refused(&[args.as_slice(), &["--csv", csv.to_str().unwrap()]].concat(), &["--label-re", "column label of --csv"]);
+    let missing = tmp.path().join("missing");
+    refused(&fine_tune_args(missing.to_str().unwrap(), out.to_str().unwrap()), &["missing"]);
+    assert!(!out.exists(), "nothing written, not even an empty --out folder");
+    // The same CSV without --label-re trains from its column.
+    let o = kestrel(&[without(args.clone(), "--label-re").as_slice(), &["--csv", csv.to_str().unwrap()]].concat(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// `--epochs 0`: the frozen epoch only; its results are the run's (fastai's `fine_tune(0)`
@@ -334,11 +350,14 @@ fn zero_unfrozen_epochs_keep_the_frozen_results() {
 fn fixed_lr_runs_no_sweep() {
     let (tmp, images) = shapes_tmp(12);
     let out = tmp.path().join("run");
+    // The folder of an earlier run with a sweep: its plot must not reach this run's report.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(images.join("red_0.png"), out.join("lr_find.png")).unwrap();
     let o = kestrel(&with_bs(fine_tune_args(images.to_str().unwrap(), out.to_str().unwrap()), "8", &["--lr", "2e-3"]), &[]);
     assert!(o.status.success());
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(!stdout.contains("lr_find") && !stderr.contains("lr_find"), "no sweep is run or mentioned");
-    assert!(!out.join("lr_find.png").exists(), "no lr_find plot without a sweep");
+    assert!(!out.join("lr_find.png").exists(), "no lr_find plot without a sweep (an earlier run's is removed)");
     // The training epochs are the only training batches: 2 epochs × 3 batches, measured per epoch.
     let epochs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("epoch usage:")).collect();
     assert_eq!(epochs.len(), 2, "{stdout}");

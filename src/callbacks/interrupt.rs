@@ -14,6 +14,29 @@ use std::time::{Duration, Instant};
 /// over the whole run, 1-based).
 pub const INTERRUPT_AFTER_ENV: &str = "KESTREL_INTERRUPT_AFTER";
 
+/// The exit status of a command stopped by Ctrl-C, SIGTERM or SIGHUP: 130 (128 + SIGINT,
+/// the shell's convention), whether it stopped at a safe point with a checkpoint, was ended
+/// by the watchdog, or by a second Ctrl-C.
+pub const INTERRUPTED_STATUS: i32 = 130;
+
+/// The error of a command that stopped because it was asked to (Ctrl-C, SIGTERM, SIGHUP).
+/// Its message says what was saved and the command that goes on; the `kestrel` binary
+/// prints it and exits with [`INTERRUPTED_STATUS`] instead of 1.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(&self.0) }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The exit status for `e`: [`INTERRUPTED_STATUS`] when it (or an error it wraps) is
+/// [`Interrupted`], else 1.
+pub fn exit_status(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| c.is::<Interrupted>()) { INTERRUPTED_STATUS } else { 1 }
+}
+
 /// How long after the signal the process may run before the watchdog ends it (8 s:
 /// Kubernetes sends SIGKILL 30 s after SIGTERM, and kestrel answers within 10 s). A
 /// checkpoint being written then is finished first (up to [`SAVE_GRACE`] in all).
@@ -29,7 +52,8 @@ static RESUME_HINT: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
 /// with its `termination` feature) and returns the flag it sets. The first signal sets the
 /// flag, prints what happens next and starts a watchdog that exits the process (status
 /// 130) [`GRACE`] later if it is still running, printing the resume command of the last
-/// complete checkpoint (see [`set_resume_hint`]); a second signal exits at once.
+/// complete checkpoint (see [`set_resume_hint`]); a second signal exits at once, printing
+/// the same.
 ///
 /// Errors: the handler cannot be installed.
 pub fn install_handler() -> crate::Result<Arc<AtomicBool>> {
@@ -40,7 +64,7 @@ pub fn install_handler() -> crate::Result<Arc<AtomicBool>> {
     let g = f.clone();
     ctrlc::set_handler(move || {
         if g.swap(true, Ordering::SeqCst) {
-            exit_now(); // second signal: stop now
+            stop_now("stopping at once (a second signal)");
         }
         eprintln!("\ninterrupted (Ctrl-C or SIGTERM): finishing this batch and writing a checkpoint (Ctrl-C again to quit at once)");
         std::thread::spawn(watchdog);
@@ -84,29 +108,31 @@ fn watchdog() {
     while SAVING.load(Ordering::SeqCst) > 0 && t0.elapsed() < SAVE_GRACE {
         std::thread::sleep(Duration::from_millis(20));
     }
+    stop_now(&format!("and no safe point was reached within {} s; stopping now", GRACE.as_secs()));
+}
+
+/// Prints why the process stops before a safe point and what can be resumed (the last
+/// complete checkpoint and its command, from [`set_resume_hint`]), then exits with 130.
+/// Checkpoints are written atomically, so the one named is whole even when a write was in
+/// progress.
+fn stop_now(why: &str) -> ! {
     let hint = RESUME_HINT.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match hint {
-        Some((ckpt, cmd)) if ckpt.is_file() => eprintln!(
-            "\nerror: interrupted, and no safe point was reached within {} s; stopping now.\n\
-             The last complete checkpoint is {}\nresume with:\n  {cmd}",
-            GRACE.as_secs(),
-            ckpt.display()
-        ),
-        _ => eprintln!(
-            "\nerror: interrupted, and no safe point was reached within {} s; stopping now (no checkpoint to resume from: run the command again)",
-            GRACE.as_secs()
-        ),
+        Some((ckpt, cmd)) if ckpt.is_file() => {
+            eprintln!("\nerror: interrupted, {why}.\nThe last complete checkpoint is {}\nresume with:\n  {cmd}", ckpt.display())
+        }
+        _ => eprintln!("\nerror: interrupted, {why} (no checkpoint to resume from: run the command again)"),
     }
     exit_now();
 }
 
-/// Ends the process at once with status 130, without running exit handlers: libtorch's
+/// Ends the process at once with status [`INTERRUPTED_STATUS`], without running exit handlers: libtorch's
 /// static destructors would otherwise run while the main thread is still computing.
 fn exit_now() -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     // SAFETY: _exit is async-signal-safe and only ends the process.
-    unsafe { libc::_exit(130) }
+    unsafe { libc::_exit(INTERRUPTED_STATUS) }
 }
 
 /// When `flag` is set (by the signal handler, see [`InterruptCallback::on_ctrl_c`]) — or

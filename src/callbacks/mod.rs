@@ -34,7 +34,10 @@ pub use early_stopping::EarlyStoppingCallback;
 pub use ema::EmaCallback;
 pub use grad_accum::GradientAccumulation;
 pub use grad_clip::GradientClip;
-pub use interrupt::{GRACE, INTERRUPT_AFTER_ENV, InterruptCallback, SAVE_GRACE, SavingGuard, install_handler, interrupt_requested, set_resume_hint};
+pub use interrupt::{
+    GRACE, INTERRUPT_AFTER_ENV, INTERRUPTED_STATUS, InterruptCallback, Interrupted, SAVE_GRACE, SavingGuard, exit_status, install_handler,
+    interrupt_requested, set_resume_hint,
+};
 pub use mixup::{MixHandler, MixKind, cutmix_inputs, mix_loss, mixup_inputs, rand_bbox, sample_beta};
 pub use progress::{ProgressCallback, format_time};
 pub use recorder::Recorder;

@@ -33,15 +33,17 @@ pub struct DataOpts {
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
     /// Where labels come from: name-re (regex on the file name), parent (folder name),
-    /// csv (a column of --csv). Default: csv when --csv is given; the class folder when
-    /// --folder is laid out in class folders (`DIR/<class>/…` or
-    /// `DIR/train/<class>/…` + `DIR/valid/<class>/…`); else name-re.
+    /// csv (a column of --csv). Default: csv when --csv is given; name-re when --label-re
+    /// is given; the class folder when --folder is laid out in class folders
+    /// (`DIR/<class>/…` or `DIR/train/<class>/…` + `DIR/valid/<class>/…`); else name-re.
     #[arg(long, value_enum, value_name = "HOW")]
     pub label_from: Option<LabelFrom>,
     /// Regular expression applied to the file name; its first group is the label
-    /// (fastai `RegexLabeller`). Default: the book's pet-breed pattern.
-    #[arg(long, value_name = "REGEX", default_value = PETS_PATTERN)]
-    pub label_re: String,
+    /// (fastai `RegexLabeller`). Default: the book's pet-breed pattern. Giving it labels
+    /// by file name; it is refused with --csv or --label-from csv/parent, whose labels
+    /// come from elsewhere.
+    #[arg(long, value_name = "REGEX")]
+    pub label_re: Option<String>,
     /// CSV file with one row per image (fastai `ImageDataLoaders.from_csv` / `ColReader`).
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
@@ -110,6 +112,17 @@ pub struct DataOpts {
 }
 
 impl DataOpts {
+    /// The file-name pattern: --label-re, else the book's pet-breed pattern.
+    pub fn label_re(&self) -> &str { self.label_re.as_deref().unwrap_or(PETS_PATTERN) }
+
+    /// Where the labels come from as asked: --label-from, else `csv` with --csv, else
+    /// `name-re` when --label-re is given; `None` leaves it to the folder's layout.
+    pub fn label_from(&self) -> Option<LabelFrom> {
+        self.label_from
+            .or(self.csv.is_some().then_some(LabelFrom::Csv))
+            .or(self.label_re.is_some().then_some(LabelFrom::NameRe))
+    }
+
     /// How `--folder` is organised (without --csv): train/valid folders, class folders,
     /// or flat. `None` with --csv.
     ///
@@ -120,7 +133,7 @@ impl DataOpts {
             (None, Some(f)) => {
                 let root = std::env::current_dir()?.join(f);
                 let split = self.train.is_some() || self.valid.is_some() || root.join("train").is_dir();
-                if self.label_from.is_some() && !split {
+                if self.label_from().is_some() && !split {
                     // Labels from the names or parents as asked: no class folders to check.
                     return Ok(Some(FolderLayout::Flat { root }));
                 }
@@ -170,14 +183,25 @@ impl DataOpts {
             Some(FolderLayout::Classes { root, .. }) => Some(Labeller::ClassFolder { root: root.clone(), depth: 0 }),
             _ => None,
         };
-        let from = self.label_from.or(self.csv.is_some().then_some(LabelFrom::Csv));
+        let from = self.label_from();
         let labeller = match (from, class_folder) {
-            (Some(LabelFrom::NameRe), _) | (None, None) => Labeller::name_regex(&self.label_re)?,
+            (Some(LabelFrom::NameRe), _) | (None, None) => Labeller::name_regex(self.label_re())?,
             (Some(LabelFrom::Parent), _) => Labeller::Parent,
             (None, Some(l)) => l,
             (Some(LabelFrom::Csv), _) if self.csv.is_none() => bail!("--label-from csv needs --csv FILE"),
             (Some(LabelFrom::Csv), _) => Labeller::Col { col: self.label_col.clone(), label_delim: self.label_delim },
         };
+        if let Some(re) = &self.label_re
+            && !matches!(labeller, Labeller::NameRegex(_))
+        {
+            let from = match &labeller {
+                Labeller::Col { col, .. } => format!("the column {col} of --csv"),
+                Labeller::Parent => "the parent folders (--label-from parent)".to_string(),
+                _ => "the class folders".to_string(),
+            };
+            bail!("--label-re {re}: the labels of this run come from {from}, not from file names; \
+                   drop --label-re, or give --label-from name-re to label by file name");
+        }
         if self.label_delim.is_some() && !matches!(labeller, Labeller::Col { .. }) {
             bail!("--label-delim splits the cells of --csv's label column: it needs --csv FILE (labels from the CSV)");
         }

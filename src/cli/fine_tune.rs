@@ -8,8 +8,8 @@ use super::recipe::{self, RecipeOpts};
 use super::run_options::RunOptions;
 use super::lr_find::print_suggestions;
 use super::model::{ModelOpts, PrecisionArg};
-use crate::report::run::{RunFiles, write_run_report};
-use crate::callbacks::{CSVLogger, InterruptCallback, ProgressCallback, SaveCheckpoint, TerminateOnNaNCallback, interrupt_requested};
+use crate::report::run::{RUN_IMAGES, RunFiles, write_run_report};
+use crate::callbacks::{CSVLogger, InterruptCallback, Interrupted, ProgressCallback, SaveCheckpoint, TerminateOnNaNCallback, interrupt_requested};
 use crate::distributed::{DistArgs, DistRun, DistributedTrainer, launch_if_asked, mix_rank};
 use crate::data::ImageDataLoaders;
 use crate::data::layout::FolderLayout;
@@ -72,9 +72,10 @@ pub struct FineTuneArgs {
     /// for `accuracy_multi`, F1 and predictions (the book's 0.2; fastai's default 0.5), or
     /// `auto`: train with 0.2, then choose the threshold maximising F1 (samples) on the
     /// validation set and store it in the model file (the report says the scores were
-    /// tuned on that set).
-    #[arg(long, default_value = "0.2", value_name = "P|auto")]
-    pub thresh: String,
+    /// tuned on that set). Refused on single-label data, whose predictions are the top
+    /// class (`kestrel predict --min-prob` sets a floor on its probability there).
+    #[arg(long, value_name = "P|auto")]
+    pub thresh: Option<String>,
     /// Folder for the outputs (default `runs/<UTC date>-<time>`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -211,13 +212,15 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let args = &args_for_rank(args, dist.as_ref());
     let main = dist.as_ref().is_none_or(|d| d.is_main());
     let arch: Arch = args.model.arch()?;
-    let thresh = parse_thresh(&args.thresh)?;
+    let thresh = args.thresh.as_deref().map(parse_thresh).transpose()?.unwrap_or(Some(DEFAULT_THRESH));
     args.recipe.validate()?;
+    if dist.is_some() && args.recipe.time.is_some() {
+        bail!("--time is not supported with data-parallel training (every rank must run the same epochs): give --epochs");
+    }
     args.aug.check_presize(args.data.presize)?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output folder {}", out.display()))?;
     if args.resume && !out.join(format!("{CHECKPOINT}.pth")).is_file() {
         bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
     }
@@ -230,22 +233,33 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let norm = tfms.normalize().clone();
     let full = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
-    if main {
-        show_loader_batch(&full.train, &full.datasets.vocab, 3, 3, false,
-                          Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
+    let multi = full.datasets.multi_labels.is_some();
+    if let (false, Some(t)) = (multi, &args.thresh) {
+        bail!("--thresh {t}: a threshold applies to multi-label data (--label-delim), and this data is single-label \
+               (one class per photo, the top one predicted); `kestrel predict --min-prob P` answers 'unknown' below P");
     }
-    let dls = match &dist { Some(d) => d.shard(&full)?, None => full.clone() };
-
-    if dist.is_some() && args.recipe.time.is_some() {
-        bail!("--time is not supported with data-parallel training (every rank must run the same epochs): give --epochs");
-    }
-    let multi = dls.datasets.multi_labels.is_some();
     if multi {
         let r = &args.recipe;
         if r.label_smoothing.is_some() || r.mixup.is_some() || r.cutmix.is_some() || r.tta == Some(true) {
             bail!("--label-smoothing, --mixup, --cutmix and --tta are single-label options; this data is multi-label (--label-delim)");
         }
     }
+    // Created once the data is read: a run refused for its data leaves no empty folder.
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output folder {}", out.display()))?;
+    if main && !args.resume {
+        // A fresh run into a used folder: the report must not show an earlier run's table
+        // or plots that this run does not redraw (lr_find.png without a sweep, say).
+        for file in RUN_IMAGES.iter().map(|(f, _)| *f).chain(["metrics.csv"]) {
+            let p = out.join(file);
+            if p.is_file() { std::fs::remove_file(&p).with_context(|| format!("cannot remove {} of an earlier run", p.display()))?; }
+        }
+    }
+    if main {
+        show_loader_batch(&full.train, &full.datasets.vocab, 3, 3, false,
+                          Denorm::Stats { mean: norm.mean, std: norm.std }, &out.join("show_batch.png"))?;
+    }
+    let dls = match &dist { Some(d) => d.shard(&full)?, None => full.clone() };
+
     let mut learn = args.model.learner(dls.dls(), rank_seed(args, dist.as_ref()), |learn| {
         if multi {
             // fastai's multi-label learner (book chapter 6): BCEWithLogitsLossFlat,
@@ -273,7 +287,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         (fixed_lr.context("a fixed --lr")?, 0)
     };
     if interrupt_requested() {
-        bail!("interrupted before training (nothing to resume); run the same command again:\n  {}", plain_command());
+        return Err(Interrupted(format!("interrupted before training (nothing to resume); run the same command again:\n  {}", plain_command())).into());
     }
     let run_options = RunOptions {
         arch: args.model.arch.clone(),
@@ -294,7 +308,6 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let usage = ResourceUsageCallback::new();
     let epoch_usage = usage.records();
     let csv = out.join("metrics.csv");
-    if main && !args.resume && csv.exists() { std::fs::remove_file(&csv)?; }
     let learn = args.recipe.configure(learn);
     // A diverging run (NaN or infinite training loss) stops at once rather than train and
     // export NaN weights. One process only: with data parallelism a rank stopping alone
@@ -337,10 +350,10 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     })?;
     let fit_secs = t0.elapsed().as_secs_f64();
     if learn.stop_reason.as_deref() == Some("interrupted") {
-        if !main { bail!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display()); }
-        bail!("interrupted: checkpoint written to {}\nresume with:\n  {}",
+        if !main { return Err(Interrupted(format!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display())).into()); }
+        return Err(Interrupted(format!("interrupted: checkpoint written to {}\nresume with:\n  {}",
               learn.checkpoint_path(CHECKPOINT).display(),
-              resume_command(lr, &out, if learn.phase == 1 { learn.n_epoch } else { args.epochs }));
+              resume_command(lr, &out, if learn.phase == 1 { learn.n_epoch } else { args.epochs }))).into());
     }
     if let Some(r) = learn.stop_reason.as_deref().filter(|r| r.starts_with("TerminateOnNaN")) {
         bail!("training diverged ({r}); no model was exported. Lower the learning rate (--lr {:.0e}, a tenth of this one) \
@@ -409,7 +422,7 @@ fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixe
     // A signal stops the sweep early too: that is not a diverged loss, and its partial
     // curve suggests nothing.
     if interrupt_requested() {
-        bail!("interrupted during the learning-rate sweep (nothing to resume); run the same command again:\n  {}", plain_command());
+        return Err(Interrupted(format!("interrupted during the learning-rate sweep (nothing to resume); run the same command again:\n  {}", plain_command())).into());
     }
     let r = match (found, fixed) {
         (Ok(r), _) => r,
@@ -517,9 +530,9 @@ fn stop_if_interrupted(learn: &Learner, lr: f64, out: &std::path::Path) -> crate
     }
     let _guard = crate::callbacks::SavingGuard::new();
     let ckpt = learn.save(CHECKPOINT, Some(learn.position_after_epoch()))?;
-    bail!("interrupted after training: the model is saved in {}, the plots and report.html are not written; \
+    Err(Interrupted(format!("interrupted after training: the model is saved in {}, the plots and report.html are not written; \
            checkpoint written to {}\nresume with:\n  {}", out.join(MODEL_FILE).display(), ckpt.display(),
-           resume_command(lr, out, if learn.phase == 1 { learn.n_epoch } else { 0 }));
+           resume_command(lr, out, if learn.phase == 1 { learn.n_epoch } else { 0 }))).into())
 }
 
 /// Writes the self-contained model file (weights + architecture, vocabulary, inference
@@ -591,9 +604,9 @@ fn settings(args: &FineTuneArgs, arch: Arch, lr: f64, lr_find_batches: usize, le
         (Some(c), _) => format!("{} ({})", c.display(), d.valid_col.as_deref().map_or("RandomSplitter".into(), |v| format!("split by column {v}"))),
         (None, Some(f)) => {
             let layout = d.layout().ok().flatten();
-            let labels = match (&layout, d.label_from) {
+            let labels = match (&layout, d.label_from()) {
                 (Some(FolderLayout::Split { .. } | FolderLayout::Classes { .. }), None) => "class folders".to_string(),
-                _ => format!("labels: {}", d.label_re),
+                _ => format!("labels: {}", d.label_re()),
             };
             let split = match (&d.valid_list, &layout) {
                 (Some(v), _) => format!("FileSplitter({})", v.display()),

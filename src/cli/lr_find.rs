@@ -6,6 +6,7 @@
 use super::aug::AugOpts;
 use super::data::DataOpts;
 use super::model::ModelOpts;
+use crate::callbacks::Interrupted;
 use crate::export::read_model_file;
 use crate::learner::{LrFindOptions, LrFindResult, vision_aug_batch_tfms};
 use crate::models::weights::load_into;
@@ -36,8 +37,9 @@ pub struct LrFindArgs {
     /// layers train, as before `fine_tune`'s first phase.
     #[arg(long)]
     pub unfreeze: bool,
-    /// Batches of the sweep (fastai `num_it=100`).
-    #[arg(long, default_value_t = 100)]
+    /// Batches of the sweep (fastai `num_it=100`), at least 10: the suggestions leave out
+    /// the first tenth and the last 5 points.
+    #[arg(long, default_value_t = 100, value_parser = parse_num_it)]
     pub num_it: usize,
     /// First learning rate of the sweep (fastai `start_lr=1e-7`).
     #[arg(long, default_value_t = 1e-7)]
@@ -63,7 +65,7 @@ pub fn run(args: LrFindArgs) -> crate::Result<()> {
     let r = lr_find(&args);
     if crate::callbacks::interrupt_requested() {
         let cmd: Vec<String> = std::env::args().map(|a| super::fine_tune::shell_quote(&a)).collect();
-        bail!("interrupted during lr_find (nothing trained, nothing to save); run the same command again:\n  {}", cmd.join(" "));
+        return Err(Interrupted(format!("interrupted during lr_find (nothing trained, nothing to save); run the same command again:\n  {}", cmd.join(" "))).into());
     }
     let r = r?;
     print_suggestions(&r, args.num_it);
@@ -115,7 +117,7 @@ pub fn lr_find(args: &LrFindArgs) -> crate::Result<LrFindResult> {
     let o = LrFindOptions { start_lr: args.start_lr, end_lr: args.end_lr, num_it: args.num_it, ..LrFindOptions::default() };
     let r = learn.lr_find(o);
     if crate::callbacks::interrupt_requested() {
-        bail!("interrupted during the sweep: no plot written (a partial curve suggests nothing); run the command again");
+        return Err(Interrupted("interrupted during the sweep: no plot written (a partial curve suggests nothing); run the command again".into()).into());
     }
     let r = r?;
     r.plot(&args.out)?;
@@ -139,4 +141,12 @@ pub fn print_suggestions(r: &LrFindResult, num_it: usize) {
              r.minimum.lr, r.minimum.point_lr);
     println!("  steep       {:.2e}  rule of thumb 2: the last point where the loss clearly decreases (its steepest descent)", r.steep.lr);
     println!("  slide       {:.2e}  fastai's interval slide rule", r.slide.lr);
+}
+
+/// `--num-it`: a whole number of at least 10.
+fn parse_num_it(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 10 => Ok(n),
+        _ => Err(format!("expected at least 10 batches (the suggestions leave out the first tenth and the last 5 points), got '{s}'")),
+    }
 }

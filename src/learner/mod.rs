@@ -122,6 +122,9 @@ pub struct Learner {
     pub stop_reason: Option<String>,
     /// Where an interrupted run resumes (set by [`Learner::load_checkpoint`]).
     pub resume: Option<Position>,
+    /// Where the running fit resumed from (taken from `resume` by the fit of that phase),
+    /// `None` for a fit that started afresh; callbacks read it in `before_fit`.
+    pub resumed_at: Option<Position>,
     pub(crate) sched: LrSchedule,
     pub(crate) skip_batches: usize,
     /// The recorder saved with the checkpoint being resumed (see [`Learner::load`]).
@@ -142,7 +145,7 @@ impl Learner {
             channels_last: false, scaler: None, precision: Precision::Fp32,
             n_epoch: 0, epoch: 0, n_iter: 0, iter: 0, train_iter: 0, pct_train: 0.0, training: false,
             phase: 0, train_pass: 0, xb: None, yb: None, pred: None, loss_grad: None, loss: f64::NAN,
-            smooth_loss: f64::NAN, stop_reason: None, resume: None, sched: LrSchedule::Constant, skip_batches: 0,
+            smooth_loss: f64::NAN, stop_reason: None, resume: None, resumed_at: None, sched: LrSchedule::Constant, skip_batches: 0,
             resume_recorder: None,
         })
     }

@@ -60,6 +60,7 @@ impl Learner {
             }
             None => 0,
         };
+        self.resumed_at = resume;
         let res = self.with_events(Event::BeforeFit, Event::AfterFit, Cancel::Fit, |l| {
             // `while`, not `for`: callbacks may change `n_epoch` during the fit (the time budget).
             let mut epoch = start;

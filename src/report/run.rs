@@ -63,7 +63,7 @@ pub fn metrics_tables(csv: &str) -> Vec<Section> {
     for line in csv.lines().filter(|l| !l.trim().is_empty()) {
         let cells: Vec<String> = line.split(',').map(str::to_string).collect();
         if cells.first().is_some_and(|c| c == "epoch") {
-            let title = match tables.len() { 0 => "Training (frozen body)".to_string(), 1 => "Training (unfrozen)".to_string(), _ => "Training (resumed)".to_string() };
+            let title = match tables.len() { 0 => "Training (frozen body)".to_string(), 1 => "Training (unfrozen)".to_string(), n => format!("Training (fit {})", n + 1) };
             tables.push(Section::Table { title, header: cells, rows: vec![] });
         } else if let Some(Section::Table { rows, .. }) = tables.last_mut() {
             rows.push(cells.into_iter().map(|c| if c.contains('.') && !c.contains(':') { c.parse::<f64>().map_or(c, |v| format!("{v:.6}")) } else { c }).collect());
