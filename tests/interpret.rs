@@ -41,9 +41,9 @@ impl Tiny {
         tch::no_grad(|| {
             for (name, mut t) in vs.variables() {
                 if name.ends_with("running_mean") {
-                    let _ = t.copy_(&(Tensor::randn([8], tch::kind::FLOAT_CPU) * 0.1));
+                    t.copy_(&(Tensor::randn([8], tch::kind::FLOAT_CPU) * 0.1));
                 } else if name.ends_with("running_var") {
-                    let _ = t.copy_(&(Tensor::rand([8], tch::kind::FLOAT_CPU) + 0.5));
+                    t.copy_(&(Tensor::rand([8], tch::kind::FLOAT_CPU) + 0.5));
                 }
             }
         });
@@ -332,7 +332,7 @@ fn model_file_errors_say_what_is_wrong() {
         let mut h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
         f(h["__metadata__"].as_object_mut().unwrap());
         let mut hb = serde_json::to_vec(&h).unwrap();
-        while hb.len() % 8 != 0 {
+        while !hb.len().is_multiple_of(8) {
             hb.push(b' ');
         }
         let mut out = (hb.len() as u64).to_le_bytes().to_vec();

@@ -78,14 +78,14 @@ impl Callback for SaveCheckpoint {
     fn name(&self) -> String { "SaveCheckpoint".into() }
     fn order(&self) -> i32 { 70 }
     fn after_batch(&mut self, l: &mut Learner) -> crate::Result<()> {
-        if let Some(n) = self.every_n_batches && l.training && n > 0 && l.train_iter % n == 0 {
+        if let Some(n) = self.every_n_batches && l.training && n > 0 && l.train_iter.is_multiple_of(n) {
             let _guard = super::SavingGuard::new();
             l.save(&self.name, Some(l.position_after_batch()))?;
         }
         Ok(())
     }
     fn after_epoch(&mut self, l: &mut Learner) -> crate::Result<()> {
-        if (l.epoch + 1) % self.every_n_epochs == 0 {
+        if (l.epoch + 1).is_multiple_of(self.every_n_epochs) {
             let _guard = super::SavingGuard::new();
             l.save(&self.name, Some(l.position_after_epoch()))?;
         }

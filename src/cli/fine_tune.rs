@@ -231,7 +231,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
 
     crate::callbacks::install_handler()?;
     let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
-    let norm = tfms.normalize().clone();
+    let norm = *tfms.normalize();
     let full = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
     let multi = full.datasets.multi_labels.is_some();
     if let (false, Some(t)) = (multi, &args.thresh) {
@@ -359,11 +359,12 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("training diverged ({r}); no model was exported. Lower the learning rate (--lr {:.0e}, a tenth of this one) \
                or choose one with `kestrel lr-find`", lr / 10.0);
     }
-    if let Some(s) = ddp_stats.as_ref().map(|s| *s.lock().unwrap_or_else(|e| e.into_inner())) {
-        if main && s.steps > 0 {
-            println!("all-reduce of the gradients: {:.2} ms per step, {:.2} ms of it overlapped with backward ({} steps; c10d::Reducer, DDP's logger)",
-                     1e3 * s.allreduce_secs / s.steps as f64, 1e3 * s.overlap_secs / s.steps as f64, s.steps);
-        }
+    if let Some(s) = ddp_stats.as_ref().map(|s| *s.lock().unwrap_or_else(|e| e.into_inner()))
+        && main
+        && s.steps > 0
+    {
+        println!("all-reduce of the gradients: {:.2} ms per step, {:.2} ms of it overlapped with backward ({} steps; c10d::Reducer, DDP's logger)",
+                 1e3 * s.allreduce_secs / s.steps as f64, 1e3 * s.overlap_secs / s.steps as f64, s.steps);
     }
     if !main {
         // Multi-label runs record no error_rate: NaN here, rank 0 reports the metrics.

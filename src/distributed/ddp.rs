@@ -211,8 +211,10 @@ impl Callback for DistributedTrainer {
     }
 
     fn after_epoch(&mut self, l: &mut Learner) -> crate::Result<()> {
-        if let (Some(v), Some(row)) = (self.valid_loss.take(), l.recorder.values.last_mut()) {
-            if row.len() > 1 { row[1] = v; }
+        if let (Some(v), Some(row)) = (self.valid_loss.take(), l.recorder.values.last_mut())
+            && row.len() > 1
+        {
+            row[1] = v;
         }
         Ok(())
     }

@@ -160,7 +160,7 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(HashMap<String, String>, S
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let looks_json = bytes.get(8) == Some(&b'{');
-    if !looks_json || n > 100_000_000 || n < 2 {
+    if !looks_json || !(2..=100_000_000).contains(&n) {
         return Err(if looks_json {
             corrupt(path, format!("the header length field says {n} bytes"))
         } else {

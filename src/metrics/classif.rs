@@ -35,7 +35,7 @@ impl Counts {
         v
     }
     fn set_sums(&mut self, s: &[f64]) -> crate::Result<()> {
-        anyhow::ensure!(s.len() % 3 == 0, "{} class counts are not triples", s.len());
+        anyhow::ensure!(s.len().is_multiple_of(3), "{} class counts are not triples", s.len());
         self.per_class = s.chunks(3).enumerate().filter(|(_, c)| c[1] + c[2] > 0.0)
             .map(|(k, c)| (k as i64, (c[0].round() as u64, c[1].round() as u64, c[2].round() as u64))).collect();
         Ok(())

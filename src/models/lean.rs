@@ -111,8 +111,8 @@ mod tests {
         let cfg = nn::BatchNormConfig { eps: 1e-3, momentum: 0.01, ..Default::default() };
         let bn = nn::batch_norm2d(vs.root() / "bn", 6, cfg);
         tch::no_grad(|| {
-            let _ = bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, 2.0, 4.0, 0.5, 3.0, 1.5]));
-            let _ = bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::from_slice(&[0.0f32, 1.0, 3.0, 6.0, 2.0, -1.0]));
+            bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::from_slice(&[1.0f32, 2.0, 4.0, 0.5, 3.0, 1.5]));
+            bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::from_slice(&[0.0f32, 1.0, 3.0, 6.0, 2.0, -1.0]));
         });
         let (w, b) = (bn.ws.as_ref().unwrap(), bn.bs.as_ref().unwrap());
         // Contiguous and channels-last (what kestrel trains in on the CPU), with a gradient
@@ -134,8 +134,8 @@ mod tests {
             let want_g = grads(&[&x, w, b]);
             let (rm1, rv1) = (bn.running_mean.copy(), bn.running_var.copy());
             tch::no_grad(|| {
-                let _ = bn.running_mean.shallow_clone().copy_(&rm0);
-                let _ = bn.running_var.shallow_clone().copy_(&rv0);
+                bn.running_mean.shallow_clone().copy_(&rm0);
+                bn.running_var.shallow_clone().copy_(&rv0);
             });
             zero(&[&x, w, b]);
             let got = bn_relu6(&bn, &x, true, 0.01, 1e-3);
@@ -159,8 +159,8 @@ mod tests {
         let (rm, rv) = (bn.running_mean.copy(), bn.running_var.copy());
         let got = tch::no_grad(|| bn_relu6(&bn, &x, true, 0.1, 1e-5));
         assert!(!got.requires_grad());
-        let _ = bn.running_mean.shallow_clone().copy_(&rm);
-        let _ = bn.running_var.shallow_clone().copy_(&rv);
+        bn.running_mean.shallow_clone().copy_(&rm);
+        bn.running_var.shallow_clone().copy_(&rv);
         let want = tch::no_grad(|| nn::ModuleT::forward_t(&bn, &x, true).clamp(0.0, 6.0));
         assert!(got.equal(&want));
         assert_eq!(got.min().double_value(&[]), 0.0);

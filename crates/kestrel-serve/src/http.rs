@@ -336,10 +336,10 @@ pub async fn request_images(ctype: &str, body: Bytes) -> Result<Vec<(String, Byt
 async fn read_body(s: &AppState, headers: &HeaderMap, mut body: Body) -> Result<Bytes, ApiError> {
     let max = s.opts.max_body;
     let too_big = |n: String| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is {n} bytes, more than the limit of {max}"));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > max as u64 {
-            return Err(too_big(len.to_string()));
-        }
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_big(len.to_string()));
     }
     let deadline = tokio::time::Instant::now() + s.opts.body_timeout;
     let mut buf: Vec<u8> = Vec::new();
