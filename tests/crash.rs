@@ -73,13 +73,18 @@ fn interrupt_in_validation_resumes_to_the_same_model_and_table() {
     let mut l = learner(dir.path());
     l.cbs.push(Box::new(SignalInValidation { flag: flag.clone(), n: 2, seen: 0 }));
     l.cbs.push(Box::new(InterruptCallback::new(flag, "ckpt", None)));
+    l.start_fit_clock();
     l.fine_tune(2, 1e-2).unwrap();
     assert_eq!(l.stop_reason.as_deref(), Some("interrupted"));
     let mut r = learner(dir.path());
     let pos = r.load_checkpoint("ckpt").unwrap();
     // The 2nd validation batch of the unfrozen phase's first epoch: its training is done.
     assert_eq!((pos.phase, pos.epoch, pos.iter), (1, 0, 5), "{pos:?}");
+    // The checkpoint holds the time taken so far; the resumed clock continues it.
+    assert!(pos.fit_secs > 0.0 && pos.fit_secs <= l.fit_secs(), "{} vs {}", pos.fit_secs, l.fit_secs());
+    r.start_fit_clock();
     r.fine_tune(2, 1e-2).unwrap();
+    assert!(r.fit_secs() > pos.fit_secs);
     let differ: Vec<&String> = full.0.iter().zip(r.model_state()).filter(|((_, a), (_, b))| !a.equal(b)).map(|((n, _), _)| n).collect();
     assert!(differ.is_empty(), "weights differ: {differ:?}");
     assert_eq!(r.recorder.values, full.1, "the resumed table has every epoch, equal");

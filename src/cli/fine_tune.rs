@@ -26,7 +26,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Name of the resumable checkpoint in `--out` (`checkpoint.pth`).
 pub const CHECKPOINT: &str = "checkpoint";
@@ -342,13 +341,14 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         if main { println!("resuming at phase {}, epoch {}, batch {}", p.phase, p.epoch, p.iter); }
     }
     let opts = args.recipe.fine_tune_options(args.freeze_epochs);
-    let t0 = Instant::now();
+    learn.start_fit_clock();
     let epochs = args.recipe.fine_tune(&mut learn, args.epochs, lr, opts).map_err(|e| match &dist {
         // A peer lost inside backward (the Reducer's all-reduce) surfaces as libtorch's error.
         Some(d) => d.pg.name_lost_peer(e),
         None => e,
     })?;
-    let fit_secs = t0.elapsed().as_secs_f64();
+    // With --resume: the interrupted process's time too.
+    let fit_secs = learn.fit_secs();
     if learn.stop_reason.as_deref() == Some("interrupted") {
         if !main { return Err(Interrupted(format!("interrupted: rank 0 wrote the checkpoint to {}", learn.checkpoint_path(CHECKPOINT).display())).into()); }
         return Err(Interrupted(format!("interrupted: checkpoint written to {}\nresume with:\n  {}",

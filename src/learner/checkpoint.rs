@@ -37,6 +37,10 @@ pub struct Position {
     pub smooth_count: i32,
     /// The smoother's running value.
     pub smooth_val: f32,
+    /// Seconds the timed run had taken at this position, over every process that ran it
+    /// (see [`Learner::fit_clock`]); 0 when untimed, and in older checkpoints.
+    #[serde(default)]
+    pub fit_secs: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,14 +63,16 @@ impl Learner {
     pub fn position_after_batch(&self) -> Position {
         let (c, v) = self.recorder.smooth_state();
         Position { phase: self.phase, epoch: self.epoch, iter: self.iter + 1, train_iter: self.train_iter,
-                   train_pass: self.train_pass, smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v }
+                   train_pass: self.train_pass, smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v,
+                   fit_secs: self.fit_secs() }
     }
 
     /// The position after the current epoch (for callbacks in `after_epoch`).
     pub fn position_after_epoch(&self) -> Position {
         let (c, v) = self.recorder.smooth_state();
         Position { phase: self.phase, epoch: self.epoch + 1, iter: 0, train_iter: self.train_iter,
-                   train_pass: self.train_pass, smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v }
+                   train_pass: self.train_pass, smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v,
+                   fit_secs: self.fit_secs() }
     }
 
     /// The position at the end of the current epoch's training, before its validation (for
@@ -74,7 +80,8 @@ impl Learner {
     pub fn position_before_validation(&self) -> Position {
         let (c, v) = self.recorder.smooth_state();
         Position { phase: self.phase, epoch: self.epoch, iter: self.dls.train.n_batches(), train_iter: self.train_iter,
-                   train_pass: self.train_pass.saturating_sub(1), smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v }
+                   train_pass: self.train_pass.saturating_sub(1), smooth_loss: self.smooth_loss, smooth_count: c, smooth_val: v,
+                   fit_secs: self.fit_secs() }
     }
 
     /// fastai `save(name)`: writes model, optimizer state and `position` (None outside a

@@ -122,6 +122,11 @@ pub struct Learner {
     pub stop_reason: Option<String>,
     /// Where an interrupted run resumes (set by [`Learner::load_checkpoint`]).
     pub resume: Option<Position>,
+    /// The clock of a timed run (set by its caller, e.g. the CLI around `fine_tune`): when
+    /// it started in this process and the seconds it had taken before (a resumed
+    /// checkpoint's [`Position::fit_secs`]). Checkpoints record the total, so that a resumed
+    /// run reports its whole time.
+    pub fit_clock: Option<(std::time::Instant, f64)>,
     /// Where the running fit resumed from (taken from `resume` by the fit of that phase),
     /// `None` for a fit that started afresh; callbacks read it in `before_fit`.
     pub resumed_at: Option<Position>,
@@ -145,7 +150,7 @@ impl Learner {
             channels_last: false, scaler: None, precision: Precision::Fp32,
             n_epoch: 0, epoch: 0, n_iter: 0, iter: 0, train_iter: 0, pct_train: 0.0, training: false,
             phase: 0, train_pass: 0, xb: None, yb: None, pred: None, loss_grad: None, loss: f64::NAN,
-            smooth_loss: f64::NAN, stop_reason: None, resume: None, resumed_at: None, sched: LrSchedule::Constant, skip_batches: 0,
+            smooth_loss: f64::NAN, stop_reason: None, resume: None, resumed_at: None, fit_clock: None, sched: LrSchedule::Constant, skip_batches: 0,
             resume_recorder: None,
         })
     }
@@ -178,6 +183,16 @@ impl Learner {
     pub fn freeze(&mut self) { self.opt.freeze_to(-1); }
     /// fastai `unfreeze()`: train every group.
     pub fn unfreeze(&mut self) { self.opt.freeze_to(0); }
+
+    /// Starts [`Self::fit_clock`] now, continuing a resumed checkpoint's time (the
+    /// [`Self::resume`] position's `fit_secs`, else 0).
+    pub fn start_fit_clock(&mut self) {
+        self.fit_clock = Some((std::time::Instant::now(), self.resume.map_or(0.0, |p| p.fit_secs)));
+    }
+
+    /// Seconds of the timed run so far, over every process that ran it (see
+    /// [`Self::fit_clock`]); 0 when no clock was started.
+    pub fn fit_secs(&self) -> f64 { self.fit_clock.map_or(0.0, |(t0, before)| before + t0.elapsed().as_secs_f64()) }
 
     /// fastai `fit(n_epoch, lr)`: `n_epoch` epochs at constant learning rate(s) `lr`
     /// (scalar or slice over the groups), momentum and weight decay as the optimizer has them.
