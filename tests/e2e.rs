@@ -302,6 +302,8 @@ fn contradictory_or_empty_options_are_refused() {
         }
     };
     refused(&with_bs(args.clone(), "0", &[]), &["--bs", "at least 1"]);
+    refused(&[without(args.clone(), "--presize").as_slice(), &["--presize", "5000"]].concat(), &["--presize", "2048"]);
+    refused(&with_bs(args.clone(), "1", &[]), &["--bs 1", "at least 2"]);
     refused(&[args.as_slice(), &["--time", "5s"]].concat(), &["--time", "--epochs"]);
     refused(&[args.as_slice(), &["--csv", "x.csv", "--valid-col", "is_valid", "--valid-pct", "0.3"]].concat(), &["--valid-pct", "--valid-col"]);
     refused(&["predict", "m.safetensors", "x.png", "--bs", "0"], &["--bs", "at least 1"]);
@@ -325,6 +327,9 @@ fn contradictory_or_empty_options_are_refused() {
     // The same CSV without --label-re trains from its column.
     let o = kestrel(&[without(args.clone(), "--label-re").as_slice(), &["--csv", csv.to_str().unwrap()]].concat(), &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // 2 training batches in all: too few for the sweep of --lr auto, which never runs longer
+    // than the training (it chose the sweep's first lr, 1e-7, before).
+    refused(&[args.as_slice(), &["--lr", "auto"]].concat(), &["--lr auto", "trains 2 batches", "fixed --lr"]);
 }
 
 /// `--epochs 0`: the frozen epoch only; its results are the run's (fastai's `fine_tune(0)`
@@ -470,4 +475,23 @@ fn time_60s_ends_within_a_minute_plus_one_epoch() {
     let longest = secs.iter().copied().fold(0.0, f64::max) + 1.0;
     assert!(summary["unfrozen_epochs"].as_u64().unwrap() >= 2, "{summary}");
     assert!((fit - 60.0).abs() <= longest, "fine_tune took {fit:.1} s for --time 60s (longest epoch {longest} s, {} epochs)", secs.len());
+}
+
+/// A reader that goes away (`kestrel check-data | head -1`) ends kestrel quietly, as any
+/// Unix tool, instead of a panic in `println!` ("failed printing to stdout: Broken pipe",
+/// exit 101 before).
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let (tmp, images) = shapes_tmp(12);
+    let err = tmp.path().join("stderr.txt");
+    for cmd in ["check-data", "data summary"] {
+        // `true` exits at once without reading: kestrel's first line meets a closed pipe.
+        let script = format!("{BIN} {cmd} --folder '{}' --label-re '^(.+)_\\d+\\.png$' 2>'{}' | true", images.display(), err.display());
+        let o = Command::new("bash").arg("-c").arg(format!("{script}; echo \"${{PIPESTATUS[0]}}\"")).output().unwrap();
+        let status = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let stderr = std::fs::read_to_string(&err).unwrap();
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{cmd}: {stderr}");
+        // Killed by SIGPIPE (128 + 13), as `yes | true` is; 0 if it finished first.
+        assert!(status == "141" || status == "0", "{cmd}: exit status {status}");
+    }
 }

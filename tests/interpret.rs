@@ -362,6 +362,15 @@ fn model_file_errors_say_what_is_wrong() {
     let jpg = d.join("photo.jpg");
     gradient(8, 8, 0).save(&jpg).unwrap();
     assert!(matches!(kind(&jpg).0, ModelFileError::NotKestrel { .. }));
+    // A presize that would size every buffer of the pipeline: refused before any is made.
+    let huge = rewrite(&|m| {
+        let mut meta: serde_json::Value = serde_json::from_str(m[export::META_KEY].as_str().unwrap()).unwrap();
+        meta["transforms"]["presize"] = 200_000.into();
+        meta["transforms"]["size"] = 200_000.into();
+        m.insert(export::META_KEY.into(), meta.to_string().into());
+    }, "huge.safetensors");
+    let e = format!("{:#}", Predictor::load(&huge, Device::Cpu).err().expect("a presize of 200000 is refused"));
+    assert!(e.contains("presize 200000") && e.contains("2048"), "{e}");
     // And the good file still loads.
     assert!(export::load_model(&good, Device::Cpu).is_ok());
 }

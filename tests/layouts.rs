@@ -195,15 +195,31 @@ fn stray_file_is_reported_not_fatal() {
 
 #[test]
 fn a_single_class_is_an_error_naming_the_labeller() {
-    // A stray photo beside the class folders: the folder is not a class-folder layout, the
-    // file-name regex labels everything `image` — one class, which must not train.
+    // Class folders labelled by file name: the regex labels everything `image` — one
+    // class, which must not train.
     let d = tempfile::tempdir().unwrap();
     photos(&d.path().join("cat"), 5);
     photos(&d.path().join("dog"), 5);
-    RgbImage::from_pixel(12, 12, Rgb([1, 2, 3])).save(d.path().join("image_0099.png")).unwrap();
     let e = err(&opts(&["--folder", d.path().to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$"]));
     assert!(e.contains("only 1 class ('image')") && e.contains("at least 2") && e.contains("RegexLabeller"), "{e}");
-    assert!(e.contains("stray photo beside the class folders"), "{e}");
+    assert!(e.contains("labelled by folder without --label-re"), "{e}");
+}
+
+#[test]
+fn a_stray_photo_beside_class_folders_is_refused_naming_it() {
+    // Guessing either way labels photos wrongly without a word: by folder, the stray photo
+    // has no class; by file name, the class folders are ignored.
+    let d = tempfile::tempdir().unwrap();
+    photos(&d.path().join("cat"), 5);
+    photos(&d.path().join("dog"), 5);
+    RgbImage::from_pixel(12, 12, Rgb([1, 2, 3])).save(d.path().join("pug_0099.png")).unwrap();
+    let e = err(&opts(&["--folder", d.path().to_str().unwrap()]));
+    assert!(e.contains("1 photo(s) directly (e.g. pug_0099.png)") && e.contains("2 folder(s) of photos (cat/, dog/)"), "{e}");
+    assert!(e.contains("--label-re"), "{e}");
+    // Once moved into a class folder, the folders are the classes.
+    std::fs::rename(d.path().join("pug_0099.png"), d.path().join("dog/pug_0099.png")).unwrap();
+    let ds = opts(&["--folder", d.path().to_str().unwrap()]).to_datablock().unwrap().datasets().unwrap();
+    assert_eq!(ds.vocab.items(), ["cat", "dog"]);
 }
 
 /// A 20:1 folder: 400 `big` photos, 20 `small` ones.

@@ -194,6 +194,8 @@ fn multi_label_fine_tune_predict_and_interpret() {
     let o = kestrel(&["predict", model.to_str().unwrap(), photo.to_str().unwrap(), "--json", "--device", "cpu"]);
     assert!(o.status.success());
     let j: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    let kestrel_json = j.clone();
+    assert!(j["index"].is_null(), "a label set has no one index: {j}");
     let labels = j["labels"].as_array().unwrap();
     assert!(labels.iter().all(|l| l["prob"].as_f64().unwrap() > t - 1e-4), "{j}");
     let want = if labels.is_empty() { "none".to_string() } else {
@@ -217,6 +219,15 @@ fn multi_label_fine_tune_predict_and_interpret() {
                 labels.iter().map(|l| l["label"].as_str().unwrap()).collect::<Vec<_>>().join(" ")
             };
             assert_eq!(j["label"].as_str().unwrap(), want);
+            // kestrel-serve answers as `kestrel predict --json`: the same label set.
+            kestrel_serve::model::init_runtime(None).unwrap();
+            let mut m = kestrel_serve::model::OnnxModel::load(&onnx, 1).unwrap();
+            assert_eq!(m.info.thresh, Some(t), "the threshold travels in the ONNX metadata");
+            let probs = kestrel_serve::predict::predict_paths(&mut m, std::slice::from_ref(&photo), 1, 1).remove(0).unwrap();
+            let served = kestrel_serve::predict::json_line("x", &probs, &m.info.vocab, m.info.thresh, 3, 0.5);
+            assert_eq!((&served["label"], &served["index"]), (&kestrel_json["label"], &kestrel_json["index"]), "{served} vs {kestrel_json}");
+            let names = |v: &Value| v["labels"].as_array().unwrap().iter().map(|l| l["label"].clone()).collect::<Vec<_>>();
+            assert_eq!(names(&served), names(&kestrel_json));
         }
     }
     // A threshold nothing passes: predicted as none, explicitly.

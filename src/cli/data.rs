@@ -86,8 +86,9 @@ pub struct DataOpts {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Presizing: every image is first resized with `Resize(presize)` (crop the largest
-    /// square: random on training, centred on validation) on the CPU workers.
-    #[arg(long, value_name = "PX", default_value_t = 460, value_parser = clap::value_parser!(u32).range(1..))]
+    /// square: random on training, centred on validation) on the CPU workers. At most 2048
+    /// (`kestrel_image::resize::MAX_PRESIZE`: it bounds the memory of every batch).
+    #[arg(long, value_name = "PX", default_value_t = 460, value_parser = clap::value_parser!(u32).range(1..=kestrel_image::resize::MAX_PRESIZE as i64))]
     pub presize: u32,
     /// Batch size: the number of images in each batch (the book's pets recipe and kestrel's
     /// default 32; fastai's `bs` default is 64).
@@ -112,6 +113,19 @@ pub struct DataOpts {
 }
 
 impl DataOpts {
+    /// Training needs `--bs` of at least 2: BatchNorm normalises each batch by its own
+    /// variance, which one image does not have (PyTorch refuses it: "Expected more than 1
+    /// value per channel when training"; kestrel's runs then gave NaN validation losses).
+    ///
+    /// Errors: `--bs 1`, naming the reason.
+    pub fn check_training_bs(&self) -> crate::Result<()> {
+        if self.bs < 2 {
+            bail!("--bs {}: training needs at least 2 images per batch (BatchNorm normalises each batch by its variance; \
+                   one image has none)", self.bs);
+        }
+        Ok(())
+    }
+
     /// The file-name pattern: --label-re, else the book's pet-breed pattern.
     pub fn label_re(&self) -> &str { self.label_re.as_deref().unwrap_or(PETS_PATTERN) }
 

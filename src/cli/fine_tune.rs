@@ -15,6 +15,7 @@ use crate::data::ImageDataLoaders;
 use crate::data::layout::FolderLayout;
 use crate::data::show::{Denorm, show_loader_batch};
 use crate::callbacks::{EpochUsage, ResourceUsageCallback};
+use crate::learner::lr_find::MIN_NUM_IT;
 use crate::learner::{Learner, LrFindOptions, vision_aug_batch_tfms};
 use crate::models::Arch;
 use crate::export::{Activation, ArchSpec, InferenceTransforms, ModelCard, OutputSpec, TrainingSummary, export, utc_now_iso8601};
@@ -217,6 +218,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         bail!("--time is not supported with data-parallel training (every rank must run the same epochs): give --epochs");
     }
     args.aug.check_presize(args.data.presize)?;
+    args.data.check_training_bs()?;
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
@@ -231,7 +233,14 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     crate::callbacks::install_handler()?;
     let tfms = vision_aug_batch_tfms(arch, args.aug.to_aug()?)?;
     let norm = *tfms.normalize();
-    let full = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms))).image_dataloaders()?;
+    let block = args.data.to_datablock()?.batch_tfms(Some(Arc::new(tfms)));
+    let full = block.image_dataloaders()?;
+    if main {
+        let (ds, vocab) = (&full.datasets, full.datasets.vocab.items());
+        let shown: Vec<&str> = vocab.iter().take(8).map(String::as_str).collect();
+        println!("data: {} training and {} validation photos, {} classes from {}: {}{}", ds.train.len(), ds.valid.len(),
+                 vocab.len(), block.labeller.describe(), shown.join(", "), if vocab.len() > 8 { ", …" } else { "" });
+    }
     let multi = full.datasets.multi_labels.is_some();
     if let (false, Some(t)) = (multi, &args.thresh) {
         bail!("--thresh {t}: a threshold applies to multi-label data (--label-delim), and this data is single-label \
@@ -419,6 +428,11 @@ fn parse_thresh(s: &str) -> crate::Result<Option<f64>> {
 fn find_lr(learn: &mut Learner, args: &FineTuneArgs, out: &std::path::Path, fixed: Option<f64>) -> crate::Result<(f64, usize)> {
     let training = (args.freeze_epochs + args.epochs) * learn.dls.train.n_batches();
     let o = LrFindOptions { num_it: args.lr_find_iters.min(training), ..LrFindOptions::default() };
+    if fixed.is_none() && o.num_it < MIN_NUM_IT {
+        bail!("--lr auto: the sweep is never longer than the training, and this run trains {training} batches \
+               (--lr-find-iters {}), fewer than the {MIN_NUM_IT} lr_find needs to suggest a rate; give a fixed --lr \
+               (2e-3 is fastai's fine_tune default)", args.lr_find_iters);
+    }
     let found = learn.lr_find(o);
     // A signal stops the sweep early too: that is not a diverged loss, and its partial
     // curve suggests nothing.

@@ -8,6 +8,7 @@ use super::data::DataOpts;
 use super::model::ModelOpts;
 use crate::callbacks::Interrupted;
 use crate::export::read_model_file;
+use crate::learner::lr_find::MIN_NUM_IT;
 use crate::learner::{LrFindOptions, LrFindResult, vision_aug_batch_tfms};
 use crate::models::weights::load_into;
 use anyhow::{Context, bail};
@@ -78,6 +79,7 @@ pub fn run(args: LrFindArgs) -> crate::Result<()> {
 /// Errors: as [`run`].
 pub fn lr_find(args: &LrFindArgs) -> crate::Result<LrFindResult> {
     args.aug.check_presize(args.data.presize)?;
+    args.data.check_training_bs()?;
     let mut model = args.model.clone();
     let file = match &args.from {
         Some(p) => {
@@ -139,14 +141,14 @@ pub fn print_suggestions(r: &LrFindResult, num_it: usize) {
     println!("  valley      {:.2e}  fastai's default: a point inside the longest valley of the loss curve", r.valley.lr);
     println!("  minimum/10  {:.2e}  rule of thumb 1: one order of magnitude below the minimum (the lowest loss at {:.2e})",
              r.minimum.lr, r.minimum.point_lr);
-    println!("  steep       {:.2e}  rule of thumb 2: the last point where the loss clearly decreases (its steepest descent)", r.steep.lr);
+    println!("  steep       {:.2e}  the steepest descent of the loss (the book's rule of thumb 2: the last point where the loss clearly decreases)", r.steep.lr);
     println!("  slide       {:.2e}  fastai's interval slide rule", r.slide.lr);
 }
 
-/// `--num-it`: a whole number of at least 10.
+/// `--num-it`: a whole number of at least [`MIN_NUM_IT`].
 fn parse_num_it(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if n >= 10 => Ok(n),
-        _ => Err(format!("expected at least 10 batches (the suggestions leave out the first tenth and the last 5 points), got '{s}'")),
+        Ok(n) if n >= MIN_NUM_IT => Ok(n),
+        _ => Err(format!("expected at least {MIN_NUM_IT} batches (the suggestions leave out the first tenth and the last 5 points), got '{s}'")),
     }
 }

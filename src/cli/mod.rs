@@ -61,6 +61,13 @@ pub enum Command {
 pub fn main() -> crate::Result<()> {
     let cli = Cli::parse();
     cli.image_limits.apply();
+    if !matches!(cli.command, Command::FineTune(_) | Command::Pets(_)) {
+        // Commands that only print (`check-data | head`) end quietly when the reader goes
+        // away, as Unix tools do, instead of panicking in `println!` on EPIPE. Training keeps
+        // SIGPIPE ignored: c10d's sockets to a lost peer must give an error, not a signal.
+        // SAFETY: restoring a signal's default disposition, before any other thread runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Data(a) => data::run(a),
         Command::CheckData(a) => check_data::run(a),

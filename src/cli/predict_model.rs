@@ -107,7 +107,7 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
                     writeln!(out, "{}\t{}\t{}", path.display(), label, shown.join(", "))?;
                 }
                 let top_s: Vec<String> = top.iter().map(|&(i, pr)| format!("{}:{pr:.6}", vocab[i])).collect();
-                let index = if known { p.index.to_string() } else { String::new() };
+                let index = if known && p.labels.is_none() { p.index.to_string() } else { String::new() };
                 csv.write_record([path.display().to_string(), label.to_string(), index,
                                   format!("{:.6}", p.probs[p.index]), top_s.join(" ")])?;
             }
@@ -140,7 +140,12 @@ pub fn is_known(p: &Prediction, min_prob: f64) -> bool {
 fn json_line(path: &Path, p: &Prediction, known: bool, top: &[(usize, f32)], vocab: &[String]) -> serde_json::Value {
     let top: Vec<serde_json::Value> =
         top.iter().map(|&(i, pr)| serde_json::json!({"label": vocab[i], "index": i, "prob": (pr as f64 * 1e4).round() / 1e4})).collect();
-    let (label, index) = if known { (p.label.as_str(), serde_json::json!(p.index)) } else { (UNKNOWN, serde_json::Value::Null) };
+    // Multi-label: the labels are in `labels`; no one index is the answer.
+    let (label, index) = match (known, &p.labels) {
+        (true, None) => (p.label.as_str(), serde_json::json!(p.index)),
+        (true, Some(_)) => (p.label.as_str(), serde_json::Value::Null),
+        (false, _) => (UNKNOWN, serde_json::Value::Null),
+    };
     let mut j = serde_json::json!({"file": path.display().to_string(), "label": label, "index": index, "top": top});
     if let Some(labels) = &p.labels {
         j["labels"] = labels.iter().map(|&i| serde_json::json!({"label": vocab[i], "index": i, "prob": (p.probs[i] as f64 * 1e4).round() / 1e4})).collect();

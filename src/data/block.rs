@@ -271,10 +271,13 @@ impl DataBlock {
         };
         if multi.is_none() && vocab.len() < 2 {
             let only = vocab.items().first().map_or(String::new(), |c| format!(" ('{c}')"));
+            let hint = match &self.labeller {
+                Labeller::NameRegex(_) => " Photos in class folders are labelled by folder without --label-re (or with --label-from parent).",
+                Labeller::ClassFolder { .. } | Labeller::Parent => " Give the folder that holds the class folders.",
+                _ => "",
+            };
             bail!(
-                "only {} class{only} among the {} training images of {} (labels from {}): a classifier needs at least 2. \
-                 Photos in class folders need the folder that holds the class folders (or --label-from parent); \
-                 a stray photo beside the class folders makes kestrel fall back to file-name labels",
+                "only {} class{only} among the {} training images of {} (labels from {}): a classifier needs at least 2.{hint}",
                 vocab.len(), train.len(), self.source_name(), self.labeller.describe()
             );
         }

@@ -62,15 +62,17 @@ fn subfolders(dir: &Path) -> crate::Result<Vec<String>> {
     Ok(out)
 }
 
-/// True when `dir` holds image files directly (not in subfolders).
-fn has_direct_images(dir: &Path) -> crate::Result<bool> {
+/// The image files directly in `dir` (not in subfolders; hidden files left out), sorted.
+fn direct_images(dir: &Path) -> crate::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))? {
         let p = e.with_context(|| format!("cannot read folder {}", dir.display()))?.path();
         if p.is_file() && is_image_file(&p) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            return Ok(true);
+            out.push(p);
         }
     }
-    Ok(false)
+    out.sort();
+    Ok(out)
 }
 
 /// The class folders of `dir` (its subfolders), each checked to hold at least one image
@@ -100,11 +102,13 @@ fn class_folders(dir: &Path) -> crate::Result<Vec<String>> {
 ///   photos without class folders is allowed: it can be predicted, not interpreted).
 /// - otherwise, `root` holds subfolders with images and no images itself: one class per
 ///   subfolder (each must hold images).
-/// - otherwise: [`FolderLayout::Flat`].
+/// - otherwise, when `root` holds photos and no subfolder holds any: [`FolderLayout::Flat`].
 ///
 /// Errors (each naming the folder): `root` not a folder; `--train`/`--valid` naming a
 /// folder that is missing; a training folder without a validation folder beside it; an
-/// empty class folder; a class only in the validation or test folder.
+/// empty class folder; a class only in the validation or test folder; photos directly in
+/// `root` beside subfolders of photos (stray photos beside class folders: neither
+/// labelling is safe to guess; `--label-re` or `--label-from` says which).
 pub fn detect_layout(root: &Path, train: Option<&str>, valid: Option<&str>, test: Option<&str>) -> crate::Result<FolderLayout> {
     if !root.is_dir() {
         bail!("{} is not a folder", root.display());
@@ -118,9 +122,28 @@ pub fn detect_layout(root: &Path, train: Option<&str>, valid: Option<&str>, test
             bail!("--valid {v} needs a training folder beside it: there is no {}", root.join(train_name).display());
         }
         let subs = subfolders(root)?;
-        if !subs.is_empty() && !has_direct_images(root)? {
+        let loose = direct_images(root)?;
+        if !subs.is_empty() && loose.is_empty() {
             let classes = class_folders(root)?;
             return Ok(FolderLayout::Classes { root: root.to_path_buf(), classes });
+        }
+        let with_images: Vec<&String> =
+            subs.iter().filter(|c| get_image_files(&root.join(c), true).is_ok_and(|f| !f.files.is_empty())).collect();
+        if !with_images.is_empty() {
+            // Photos beside folders of photos: class folders with strays, or a flat folder
+            // with photos below it. Either guess labels some photos wrongly, without a word.
+            let names: Vec<String> = with_images.iter().take(3).map(|c| format!("{c}/")).collect();
+            bail!(
+                "{} holds {} photo(s) directly (e.g. {}) beside {} folder(s) of photos ({}{}): move the photos into \
+                 their class folders to label by folder, or give --label-re REGEX (or --label-from name-re/parent) \
+                 to say how every photo is labelled",
+                root.display(),
+                loose.len(),
+                loose[0].file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                with_images.len(),
+                names.join(", "),
+                if with_images.len() > 3 { ", …" } else { "" }
+            );
         }
         return Ok(FolderLayout::Flat { root: root.to_path_buf() });
     }

@@ -37,9 +37,8 @@ impl Prediction {
         let index = argmax(&probs);
         match thresh {
             Some(t) => {
-                let above: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] as f64 > t).collect();
-                let label = if above.is_empty() { "none".to_owned() } else { above.iter().map(|&i| vocab[i].as_str()).collect::<Vec<_>>().join(" ") };
-                Self { label, index, probs, labels: Some(above) }
+                let above = kestrel_image::answer::labels_above(&probs, t);
+                Self { label: kestrel_image::answer::multi_label_name(&above, vocab), index, probs, labels: Some(above) }
             }
             None => Self { label: vocab[index].clone(), index, probs, labels: None },
         }

@@ -51,6 +51,10 @@ pub struct LrFindResult {
     pub slide: Suggestion,
 }
 
+/// The shortest sweep [`Learner::lr_find`] runs, in batches (`lr-find --num-it` refuses
+/// fewer; fine-tune's sweep, capped at the training's batches, needs a run this long).
+pub const MIN_NUM_IT: usize = 10;
+
 impl Learner {
     /// fastai `lr_find`: trains from the current weights with the lr growing exponentially
     /// from `start_lr` to `end_lr` over `num_it` batches (all groups the same lr, no
@@ -59,12 +63,16 @@ impl Learner {
     /// computed on the recorded curve without its first `num_it/10` and last 5 points and
     /// up to the first NaN, as fastai does.
     ///
-    /// Errors: a data or model error, or the sweep stopped too early to suggest anything
-    /// (fewer than `num_it/10 + 7` batches).
+    /// Errors: `num_it` below [`MIN_NUM_IT`] (a sweep that short crosses the whole lr range
+    /// in a few steps and its suggestions are noise); a data or model error; the sweep
+    /// stopped too early to suggest anything (fewer than `num_it/10 + 7` batches).
     pub fn lr_find(&mut self, o: LrFindOptions) -> crate::Result<LrFindResult> {
         anyhow::ensure!(o.start_lr > 0.0 && o.end_lr > o.start_lr,
             "lr_find needs 0 < start_lr < end_lr, got start_lr={} end_lr={}", o.start_lr, o.end_lr);
-        let num_it = o.num_it.max(6);
+        anyhow::ensure!(o.num_it >= MIN_NUM_IT,
+            "lr_find over {} batches: too few to suggest a learning rate (at least {MIN_NUM_IT}: fastai's suggestions \
+             leave out the first tenth and the last 5 points)", o.num_it);
+        let num_it = o.num_it;
         let n_batches = self.dls.train.n_batches();
         anyhow::ensure!(n_batches > 0, "lr_find: the training loader yields no batch");
         let model = self.model_state();

@@ -16,6 +16,18 @@ pub fn is_known(top_prob: f32, min_prob: f64) -> bool {
     top_prob as f64 >= min_prob
 }
 
+/// A multi-label model's answer (fastai's `MultiCategory` decoding): the indices of every
+/// label whose probability is above `thresh`, vocabulary order (possibly none).
+pub fn labels_above(probs: &[f32], thresh: f64) -> Vec<usize> {
+    (0..probs.len()).filter(|&i| probs[i] as f64 > thresh).collect()
+}
+
+/// The name of a multi-label answer: its labels joined by spaces (as in the training CSV's
+/// label cells), or `none`.
+pub fn multi_label_name(labels: &[usize], vocab: &[String]) -> String {
+    if labels.is_empty() { "none".to_owned() } else { labels.iter().map(|&i| vocab[i].as_str()).collect::<Vec<_>>().join(" ") }
+}
+
 /// Checks a `--min-prob` value. Errors: outside [0, 1] (or NaN), naming it.
 pub fn check_min_prob(min_prob: f64) -> crate::Result<()> {
     anyhow::ensure!((0.0..=1.0).contains(&min_prob), "--min-prob {min_prob}: expected a probability in [0, 1]");
@@ -25,6 +37,15 @@ pub fn check_min_prob(min_prob: f64) -> crate::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_label_answers_are_every_label_strictly_above_the_threshold() {
+        let vocab: Vec<String> = ["cat", "dog", "pug"].map(String::from).to_vec();
+        assert_eq!(labels_above(&[0.5, 0.51, 0.9], 0.5), [1, 2]);
+        assert_eq!(multi_label_name(&[1, 2], &vocab), "dog pug");
+        assert!(labels_above(&[0.1, 0.5], 0.5).is_empty());
+        assert_eq!(multi_label_name(&[], &vocab), "none");
+    }
 
     #[test]
     fn the_threshold_is_inclusive_and_zero_turns_it_off() {

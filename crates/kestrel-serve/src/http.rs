@@ -87,6 +87,8 @@ struct AppState {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     vocab: Vec<String>,
+    /// A multi-label model's threshold ([`crate::model::ModelInfo::thresh`]).
+    thresh: Option<f64>,
     sha256: String,
     item_tfm: ItemTfm,
     limits: DecodeLimits,
@@ -177,6 +179,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         ready,
         vocab: info.vocab,
+        thresh: info.thresh,
         sha256: info.sha256,
         item_tfm: info.item_tfm,
     });
@@ -281,8 +284,9 @@ async fn handle(s: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Ve
             .await
             .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the inference worker has stopped"))?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-        let (label, index, top) = answer(&probs, &s.vocab, s.opts.topk, s.opts.min_prob);
-        out.push(serde_json::json!({"name": name, "label": label, "index": index, "top": top}));
+        let mut j = answer(&probs, &s.vocab, s.thresh, s.opts.topk, s.opts.min_prob);
+        j.as_object_mut().expect("an object").insert("name".into(), name.into());
+        out.push(j);
     }
     Ok(out)
 }

@@ -93,6 +93,10 @@ pub struct ModelInfo {
     pub item_tfm: ItemTfm,
     /// Architecture name (e.g. `efficientnet_lite0`).
     pub arch: String,
+    /// A multi-label model's threshold on its sigmoid outputs (the model file's
+    /// `output.thresh`; 0.5 when a sigmoid model names none, as kestrel does); `None` for
+    /// softmax models, which answer their top class.
+    pub thresh: Option<f64>,
     /// SHA-256 (hex) of the .onnx file.
     pub sha256: String,
 }
@@ -138,8 +142,15 @@ impl OnnxModel {
         let presize: u32 = get("presize")?.parse().with_context(|| format!("{}: bad 'presize' metadata", path.display()))?;
         let item_tfm = ItemTfm::presize(presize, &get("resize_method")?, &get("pad_mode")?)?;
         let arch = get("arch")?;
+        let card: serde_json::Value =
+            serde_json::from_str(&get("kestrel_meta")?).with_context(|| format!("{}: bad 'kestrel_meta' metadata", path.display()))?;
+        let thresh = match card["output"]["activation"].as_str() {
+            None | Some("softmax") => None,
+            Some("sigmoid") => Some(card["output"]["thresh"].as_f64().unwrap_or(0.5)),
+            Some(a) => anyhow::bail!("{}: unknown output activation '{a}' in the metadata (softmax or sigmoid)", path.display()),
+        };
         drop(meta);
-        Ok(Self { session, info: ModelInfo { vocab, presize, item_tfm, arch, sha256 } })
+        Ok(Self { session, info: ModelInfo { vocab, presize, item_tfm, arch, thresh, sha256 } })
     }
 
     /// Softmax probabilities, one row per image, for `n` presized images stacked as
