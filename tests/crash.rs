@@ -430,7 +430,7 @@ fn full_disk_keeps_the_previous_checkpoint_and_model_and_damaged_files_are_refus
 
 /// An interrupted `--time` run prints a resume command that runs as printed: `--resume`
 /// does not take `--time`, so the budget becomes `--epochs N`, the unfrozen epochs it fitted.
-/// Resuming with another `--bs` is refused, naming it.
+/// Resuming with another `--bs`, split or recipe is refused, naming each.
 #[test]
 fn an_interrupted_time_budget_run_resumes_as_printed() {
     let (tmp, images) = shapes_tmp();
@@ -451,6 +451,13 @@ fn an_interrupted_time_budget_run_resumes_as_printed() {
     let o = run_printed(&changed);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && stderr.contains("--bs 8 (this command: 16)"), "{stderr}");
+    // So is another validation split, or another recipe: the metrics would not be the
+    // interrupted run's (a new user's resume without --valid-pct's value scored better).
+    let changed = format!("{} --valid-pct 0.3 --label-smoothing 0.1", cmd.trim_end_matches(" --resume")) + " --resume";
+    let o = run_printed(&changed);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("--valid-pct 0.2 (this command: 0.3)")
+            && stderr.contains("--label-smoothing (not given) (this command: 0.1)"), "{stderr}");
     let o = run_printed(&cmd);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("resuming at phase 1"));

@@ -306,6 +306,8 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
         epochs: args.recipe.time.is_none().then_some(args.epochs),
         presize: args.data.presize,
         size: args.aug.size,
+        classes: learn.dls.vocab.items().to_vec(),
+        others: super::run_options::command_options(),
     };
     if args.resume {
         run_options.check_resume(&out)?;

@@ -3,6 +3,7 @@
 //! command that differs: a checkpoint says "phase 1, epoch 0, batch 27", which means
 //! something else at another batch size, learning-rate schedule or architecture.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -30,6 +31,45 @@ pub struct RunOptions {
     pub presize: u32,
     /// `--size` (px).
     pub size: i64,
+    /// The classes of the data, vocabulary order (a changed folder or CSV changes the
+    /// model's head: the checkpoint does not fit it).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Every other option of the `fine-tune` command line, by long name, as clap read it
+    /// (defaults included), except those a resume may change ([`MAY_CHANGE`]): the data
+    /// source and split, the augmentation, the recipe, the precision. Empty in records of
+    /// older kestrels, and when the command is not `fine-tune` (nothing is compared then).
+    #[serde(default)]
+    pub others: BTreeMap<String, String>,
+}
+
+/// Options a resumed run may give differently: where and how it runs (`--out`, `--workers`,
+/// `--device`, `--checkpoint-every`, the data-parallel launcher's), `--skip-bad` (which a
+/// failed run's message suggests), `--resume` itself, and the options recorded apart
+/// (`--lr`, `--epochs`/`--time`, whose resume command gives the values used) or that only
+/// concern the sweep before training (`--lr-find`, `--lr-find-iters`).
+pub const MAY_CHANGE: [&str; 17] = [
+    "out", "workers", "device", "checkpoint-every", "skip-bad", "resume", "lr", "epochs", "time", "lr-find",
+    "lr-find-iters", "nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port", "dist-timeout",
+];
+
+/// The options of this process's `fine-tune` command line (see [`RunOptions::others`]):
+/// clap's values of every option of the subcommand, defaults included, by long name;
+/// empty when the process was started with another subcommand (`kestrel pets`).
+pub fn command_options() -> BTreeMap<String, String> {
+    use clap::CommandFactory;
+    let mut out = BTreeMap::new();
+    let cmd = crate::cli::Cli::command();
+    let Ok(m) = cmd.clone().try_get_matches_from(std::env::args_os()) else { return out };
+    let (Some(sub), Some(sm)) = (cmd.find_subcommand("fine-tune"), m.subcommand_matches("fine-tune")) else { return out };
+    for arg in sub.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if MAY_CHANGE.contains(&long) { continue }
+        if let Ok(Some(vals)) = sm.try_get_raw(arg.get_id().as_str()) {
+            out.insert(long.to_string(), vals.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "));
+        }
+    }
+    out
 }
 
 impl RunOptions {
@@ -63,6 +103,21 @@ impl RunOptions {
         if let (Some(a), Some(b)) = (was.epochs, self.epochs) { cmp("--epochs", a.to_string(), b.to_string()); }
         cmp("--presize", was.presize.to_string(), self.presize.to_string());
         cmp("--size", was.size.to_string(), self.size.to_string());
+        if !was.others.is_empty() && !self.others.is_empty() {
+            let keys: std::collections::BTreeSet<&String> = was.others.keys().chain(self.others.keys()).collect();
+            for k in keys {
+                let value = |m: &BTreeMap<String, String>| m.get(k).cloned().unwrap_or_else(|| "(not given)".into());
+                cmp(&format!("--{k}"), value(&was.others), value(&self.others));
+            }
+        }
+        if !was.classes.is_empty() && was.classes != self.classes {
+            let added: Vec<&String> = self.classes.iter().filter(|c| !was.classes.contains(c)).collect();
+            let gone: Vec<&String> = was.classes.iter().filter(|c| !self.classes.contains(c)).collect();
+            let list = |v: &[&String]| v.iter().take(5).map(|c| c.as_str()).collect::<Vec<_>>().join(", ");
+            diffs.push(format!("{} classes (the data now has {}{}{})", was.classes.len(), self.classes.len(),
+                               if added.is_empty() { String::new() } else { format!("; new: {}", list(&added)) },
+                               if gone.is_empty() { String::new() } else { format!("; gone: {}", list(&gone)) }));
+        }
         if !diffs.is_empty() {
             bail!("--resume: the interrupted run in {} used {}; the checkpoint continues that run, so give the same \
                    options (the command printed at the interrupt has them), or start afresh without --resume",
@@ -77,7 +132,11 @@ mod tests {
     use super::*;
 
     fn opts() -> RunOptions {
-        RunOptions { arch: "resnet18".into(), bs: 8, lr: 2e-3, seed: 7, freeze_epochs: 1, epochs: Some(3), presize: 96, size: 64 }
+        RunOptions {
+            arch: "resnet18".into(), bs: 8, lr: 2e-3, seed: 7, freeze_epochs: 1, epochs: Some(3), presize: 96, size: 64,
+            classes: vec!["cat".into(), "dog".into()],
+            others: [("valid-col", "is_valid"), ("precision", "auto")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
+        }
     }
 
     #[test]
@@ -92,5 +151,15 @@ mod tests {
         // A --time run records no epochs: the resume command's --epochs is the fitted count.
         RunOptions { epochs: None, ..opts() }.save(d.path()).unwrap();
         RunOptions { epochs: Some(19), ..opts() }.check_resume(d.path()).unwrap();
+        // The data's split, options and classes.
+        let mut others = opts().others;
+        others.remove("valid-col");
+        others.insert("precision".into(), "bf16".into());
+        let e = RunOptions { others, classes: vec!["cat".into(), "cow".into()], ..opts() }.check_resume(d.path()).unwrap_err().to_string();
+        assert!(e.contains("--valid-col is_valid (this command: (not given))") && e.contains("--precision auto (this command: bf16)")
+                && e.contains("2 classes (the data now has 2; new: cow; gone: dog)"), "{e}");
+        // An older record (no options, no classes) checks what it has.
+        RunOptions { others: BTreeMap::new(), classes: vec![], ..opts() }.save(d.path()).unwrap();
+        RunOptions { classes: vec!["x".into()], ..opts() }.check_resume(d.path()).unwrap();
     }
 }
