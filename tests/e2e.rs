@@ -495,3 +495,21 @@ fn a_closed_pipe_ends_quietly() {
         assert!(status == "141" || status == "0", "{cmd}: exit status {status}");
     }
 }
+
+/// check-data: the lines of --valid-list that name no image are counted (fastai's
+/// FileSplitter leaves them out silently), and one class is a problem, as fine-tune
+/// refuses it.
+#[test]
+fn check_data_names_unmatched_valid_list_lines_and_a_single_class() {
+    let (tmp, images) = shapes_tmp(4);
+    let list = tmp.path().join("valid.txt");
+    std::fs::write(&list, "red_0.png\nshapes/green_1.png\nimages/blue_2.png\nred_99.png\n").unwrap();
+    let re = r"^(.+)_\d+\.png$";
+    let o = kestrel(&["check-data", "--folder", images.to_str().unwrap(), "--label-re", re, "--valid-list", list.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("2 of the 4 lines") && stderr.contains("images/blue_2.png"), "{stderr}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 validation"), "the matched lines split");
+    let o = kestrel(&["check-data", "--folder", images.to_str().unwrap(), "--label-re", r"^.+_\d+\.(png)$"], &[]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("only 1 class") && stdout.contains("1 problem"), "{stdout}");
+}

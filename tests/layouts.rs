@@ -203,6 +203,11 @@ fn a_single_class_is_an_error_naming_the_labeller() {
     let e = err(&opts(&["--folder", d.path().to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$"]));
     assert!(e.contains("only 1 class ('image')") && e.contains("at least 2") && e.contains("RegexLabeller"), "{e}");
     assert!(e.contains("labelled by folder without --label-re"), "{e}");
+    // check-data reports what fine-tune will refuse.
+    let o = opts(&["--folder", d.path().to_str().unwrap(), "--label-re", r"^(.+)_\d+\.png$"]);
+    let r = check_data(&o.to_datablock().unwrap(), 8).unwrap();
+    assert_eq!(r.n_problems(), 1);
+    assert!(r.to_string().contains("only 1 class ('image') in the training set"), "{r}");
 }
 
 #[test]

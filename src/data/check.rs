@@ -33,7 +33,8 @@ pub struct DataCheck {
     /// The training size the images were compared with, pixels.
     pub min_size: u32,
     /// Sets that would leave nothing to train on or to measure: "no items", "the
-    /// training set is empty", "the validation set is empty".
+    /// training set is empty", "the validation set is empty", fewer than 2 classes in a
+    /// single-label training set.
     pub empty: Vec<String>,
     /// Files in the folder that are not images (by extension) and were left out, sorted.
     pub ignored: Vec<PathBuf>,
@@ -121,9 +122,15 @@ pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> 
     }
     let mut duplicates: Vec<Vec<PathBuf>> = by_hash.into_values().filter(|g| g.len() > 1).map(|mut g| { g.sort(); g }).collect();
     duplicates.sort();
-    let empty = [(n == 0, "no items"), (n > 0 && train.is_empty(), "the training set is empty"),
+    let mut empty: Vec<String> = [(n == 0, "no items"), (n > 0 && train.is_empty(), "the training set is empty"),
                  (n > 0 && valid.is_empty(), "the validation set is empty")]
         .iter().filter(|(b, _)| *b).map(|(_, m)| m.to_string()).collect();
+    let trained: Vec<&String> = counts.iter().filter(|(_, c)| c.0 > 0).map(|(l, _)| l).collect();
+    if block.label_delim.is_none() && !train.is_empty() && trained.len() < 2 {
+        // fine-tune refuses it (DataBlock::datasets): say so here first.
+        let only = trained.first().map_or(String::new(), |l| format!(" ('{l}')"));
+        empty.push(format!("only {} class{only} in the training set: a classifier needs at least 2", trained.len()));
+    }
     Ok(DataCheck {
         n_items: n,
         n_split: (train.len(), valid.len()),
@@ -180,7 +187,7 @@ impl fmt::Display for DataCheck {
             if lines.len() > 20 { writeln!(f, "  … and {} more", lines.len() - 20)?; }
             Ok(())
         };
-        list(f, "empty sets".into(), self.empty.clone())?;
+        list(f, "nothing to train or to measure".into(), self.empty.clone())?;
         list(f, "undecodable files".into(), self.undecodable.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;
         list(f, "warning: not images, left out".into(), self.ignored.iter().map(|p| p.display().to_string()).collect())?;
         list(f, "labeller misses".into(), self.label_misses.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect())?;

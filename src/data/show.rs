@@ -1,9 +1,8 @@
 //! `show_batch` (fastai `DataLoaders.show_batch`): a PNG grid of a batch's images with
 //! each label under its image.
 
-use crate::util::atomic::write_atomic;
 use anyhow::{Context, bail};
-use image::{ImageEncoder, RgbImage, codecs::png::PngEncoder};
+use image::RgbImage;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 use std::path::Path;
@@ -83,11 +82,7 @@ pub fn show_batch(x: &Tensor, labels: &[String], nrows: usize, ncols: usize, den
         image::imageops::replace(&mut grid, &img, (GAP + c * (cw + GAP)) as i64, (GAP + r * (ch + LABEL_H + GAP)) as i64);
     }
     draw_labels(&mut grid, labels, n, ncols, (cw, ch))?;
-    let mut png = Vec::new();
-    PngEncoder::new(&mut png)
-        .write_image(grid.as_raw(), gw, gh, image::ExtendedColorType::Rgb8)
-        .context("encoding the PNG")?;
-    write_atomic(out, &png)
+    crate::util::image_file::write_image(out, &grid)
 }
 
 static FONT: Once = Once::new();

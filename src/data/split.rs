@@ -177,12 +177,24 @@ impl Splitter {
                     .collect();
                 let depths: std::collections::BTreeSet<usize> = entries.iter().map(Vec::len).collect();
                 let (mut train, mut valid) = (Vec::new(), Vec::new());
+                let mut matched: HashSet<String> = HashSet::new();
                 for (i, p) in items.paths.iter().enumerate() {
                     let comps: Vec<String> = p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-                    let listed = depths.iter().any(|&d| {
+                    let hit = depths.iter().find(|&&d| {
                         d <= comps.len() && entries.contains(&comps[comps.len() - d..].iter().map(String::as_str).collect::<Vec<_>>())
                     });
-                    if listed { valid.push(i) } else { train.push(i) }
+                    match hit {
+                        Some(&d) => { matched.insert(comps[comps.len() - d..].join("/")); valid.push(i) }
+                        None => train.push(i),
+                    }
+                }
+                // fastai's FileSplitter ignores them too; a typo in a folder prefix would
+                // otherwise leave the validation set silently small.
+                let mut missed: Vec<String> = entries.iter().map(|e| e.join("/")).filter(|e| !matched.contains(e)).collect();
+                if !missed.is_empty() {
+                    missed.sort();
+                    log::warn!("{} of the {} lines of {} name no image of the dataset (first: {}); they are left out",
+                               missed.len(), entries.len(), list.display(), missed[0]);
                 }
                 Ok((train, valid))
             }

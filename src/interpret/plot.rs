@@ -4,7 +4,7 @@
 use super::interpretation::ClassificationInterpretation;
 use crate::data::ItemTfm;
 use crate::data::decode::decode_rgb;
-use anyhow::{Context, bail};
+use anyhow::bail;
 use image::{Rgb, RgbImage};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -43,13 +43,6 @@ fn blues(t: f64) -> RGBColor {
 
 fn text_width(text: &str, size: f64) -> u32 {
     ("sans-serif", size).into_font().box_size(text).map(|(w, _)| w).unwrap_or(text.len() as u32 * size as u32 / 2)
-}
-
-fn save_png(path: &Path, img: &RgbImage) -> crate::Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .with_context(|| format!("cannot encode {}", path.display()))?;
-    crate::util::atomic::write_atomic(path, &bytes)
 }
 
 fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -131,7 +124,7 @@ pub fn plot_confusion_matrix(interp: &ClassificationInterpretation, path: &Path,
             .map_err(draw_err)?;
         root.present().map_err(draw_err)?;
     }
-    save_png(path, &img)
+    crate::util::image_file::write_image(path, &img)
 }
 
 /// Plots the `k` largest losses as a grid of photos (fastai `plot_top_losses`), each
@@ -200,5 +193,5 @@ pub fn plot_top_losses(interp: &ClassificationInterpretation, k: usize, path: &P
         }
         root.present().map_err(draw_err)?;
     }
-    save_png(path, &img)
+    crate::util::image_file::write_image(path, &img)
 }

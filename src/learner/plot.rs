@@ -98,8 +98,5 @@ pub fn line_plot(path: &Path, title: &str, xlabel: &str, ylabel: &str, log_x: bo
         root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).context("plot buffer has the wrong size")?;
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .with_context(|| format!("cannot encode {}", path.display()))?;
-    crate::util::atomic::write_atomic(path, &png)
+    crate::util::image_file::write_image(path, &img)
 }

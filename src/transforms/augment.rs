@@ -196,7 +196,7 @@ impl AugTransforms {
         ensure!(self.max_warp >= 0.0, "aug_transforms: max_warp must be >= 0, got {}", self.max_warp);
         let ml = self.max_lighting * self.mult;
         if !(0.0..1.0).contains(&ml) {
-            bail!("aug_transforms: max_lighting × mult (--max-lighting times --mult) must be in [0, 1), got {ml}");
+            bail!("aug_transforms: max_lighting × mult must be in [0, 1), got {ml} (on the command line: --max-lighting, with mult 1)");
         }
         for (name, p) in [("p_affine", self.p_affine), ("p_lighting", self.p_lighting)] {
             ensure!((0.0..=1.0).contains(&p), "aug_transforms: {name} is a probability and must be in [0, 1], got {p}");

@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod atomic;
 pub mod device;
 pub mod download;
+pub mod image_file;
 pub mod rng;
 pub mod rusage;
 pub mod testdata;

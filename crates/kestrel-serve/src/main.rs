@@ -38,10 +38,10 @@ enum Command {
         #[arg(required = true, num_args = 2.., value_name = "MODEL.onnx|PHOTO")]
         paths: Vec<PathBuf>,
         /// Number of most probable classes per photo.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         topk: usize,
         /// Photos per forward pass.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         bs: usize,
         /// Threads decoding photos (default: the number of CPUs).
         #[arg(long, value_name = "N")]
@@ -64,37 +64,46 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// Most images per forward pass (micro-batching).
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = at_least_one)]
         max_batch: usize,
         /// Longest wait in milliseconds for more images after the first of a batch.
         #[arg(long, default_value_t = 5)]
         max_wait_ms: u64,
         /// Images that may wait for inference; beyond, 503 with Retry-After.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = at_least_one)]
         queue: usize,
         /// Largest request body in MB.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         max_body_mb: usize,
         /// Largest image in pixels (width x height), checked from the header before decoding.
         #[arg(long, default_value_t = 40_000_000)]
         max_pixels: u64,
         /// Deadline of a whole request in seconds (then 504).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_s: u64,
         /// Deadline for receiving a request body in seconds (then 408).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         body_timeout_s: u64,
         /// Requests handled at once; beyond, 503 with Retry-After.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         concurrency: usize,
         /// Classes returned per image.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         topk: usize,
         /// Label `unknown` (index null) when no class reaches this probability, as `kestrel
         /// predict --min-prob` (0 turns it off).
         #[arg(long, value_name = "P", default_value_t = kestrel_image::answer::DEFAULT_MIN_PROB)]
         min_prob: f64,
     },
+}
+
+/// A count that must be at least 1 (`--topk`, `--bs`, `--max-batch`, `--queue`,
+/// `--concurrency`, `--max-body-mb`): 0 is refused rather than read as 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got '{s}'")),
+    }
 }
 
 fn run() -> anyhow::Result<()> {
