@@ -321,6 +321,9 @@ fn contradictory_or_empty_options_are_refused() {
         .collect();
     std::fs::write(&csv, format!("fname,label\n{}\n", rows.join("\n"))).unwrap();
     refused(&[args.as_slice(), &["--csv", csv.to_str().unwrap()]].concat(), &["--label-re", "column label of --csv"]);
+    let inside = images.join("run");
+    refused(&fine_tune_args(images.to_str().unwrap(), inside.to_str().unwrap()), &["inside the data folder"]);
+    assert!(!inside.exists());
     let missing = tmp.path().join("missing");
     refused(&fine_tune_args(missing.to_str().unwrap(), out.to_str().unwrap()), &["missing"]);
     assert!(!out.exists(), "nothing written, not even an empty --out folder");

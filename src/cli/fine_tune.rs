@@ -222,6 +222,13 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let lr_auto = args.lr.trim().eq_ignore_ascii_case("auto");
     let fixed_lr = if lr_auto { None } else { Some(parse_lr(&args.lr)?) };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(utc_stamp()));
+    if let (None, Some(folder)) = (&args.data.csv, &args.data.folder)
+        && let (Some(f), Some(o)) = (lexical_absolute(folder), lexical_absolute(&out))
+        && o.starts_with(&f)
+    {
+        bail!("--out {} is inside the data folder {}: the run's plots would lie among the photos and be read as photos \
+               by the next run; choose an output folder outside it", out.display(), folder.display());
+    }
     if args.resume && !out.join(format!("{CHECKPOINT}.pth")).is_file() {
         bail!("--resume: no {CHECKPOINT}.pth in {} to resume from", out.display());
     }
@@ -396,6 +403,20 @@ fn args_for_rank(args: &FineTuneArgs, dist: Option<&DistRun>) -> FineTuneArgs {
         a.data.device = format!("cuda:{}", d.local_rank);
     }
     a
+}
+
+/// `p` as an absolute path with `.` and `..` resolved by name (symbolic links are not
+/// followed, and `p` need not exist); `None` when the working folder is unknown.
+fn lexical_absolute(p: &std::path::Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in std::path::absolute(p).ok()?.components() {
+        match c {
+            std::path::Component::ParentDir => { out.pop(); }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// The learner's seed (dropout draws): each rank its own (rank 0 keeps `--seed`).
