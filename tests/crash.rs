@@ -463,3 +463,27 @@ fn an_interrupted_time_budget_run_resumes_as_printed() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("resuming at phase 1"));
     assert!(run.join("model.safetensors").is_file());
 }
+
+/// A photo of the validation set that cannot be decoded stops the run at the end of the
+/// first epoch's training: that training is kept in the checkpoint, and the printed command
+/// with --skip-bad resumes from it (validation first) and finishes.
+#[test]
+fn a_bad_photo_met_in_validation_keeps_the_training_done() {
+    let (tmp, images) = shapes_tmp();
+    let bytes = std::fs::read(images.join("red_0.png")).unwrap();
+    std::fs::write(images.join("red_50.png"), &bytes[..bytes.len() / 2]).unwrap();
+    let list = tmp.path().join("valid.txt");
+    std::fs::write(&list, "red_50.png\nred_1.png\ngreen_1.png\nblue_1.png\n").unwrap();
+    let out = tmp.path().join("run");
+    let o = output(&mut command(&args(&images, &out, &["--valid-list", list.to_str().unwrap()])));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("red_50.png") && stderr.contains("the training done so far is kept"), "{stderr}");
+    assert!(out.join("checkpoint.pth").is_file());
+    let cmd = format!("{} --skip-bad", printed_resume_command(&stderr));
+    let o = run_printed(&cmd);
+    assert!(o.status.success(), "the printed command with --skip-bad finishes");
+    // 33 training photos at bs 8: 4 batches done, validation next.
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resuming at phase 0, epoch 0, batch 4"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(out.join("model.safetensors").is_file());
+}

@@ -363,7 +363,7 @@ pub fn fine_tune(args: &FineTuneArgs) -> crate::Result<FineTuneResult> {
     let epochs = args.recipe.fine_tune(&mut learn, args.epochs, lr, opts).map_err(|e| match &dist {
         // A peer lost inside backward (the Reducer's all-reduce) surfaces as libtorch's error.
         Some(d) => d.pg.name_lost_peer(e),
-        None => e,
+        None => keep_training_after_bad_item(&learn, e, lr, &out, args.epochs),
     })?;
     // With --resume: the interrupted process's time too.
     let fit_secs = learn.fit_secs();
@@ -558,6 +558,23 @@ fn interpret_valid_multi(learn: &Learner, n_valid: usize, thresh: Option<f64>) -
         rows: r.rows(),
     }];
     Ok((m, output, extra))
+}
+
+/// A photo that cannot be loaded stops the fit (without `--skip-bad`), possibly after
+/// epochs of training: the weights as of the last completed batch or epoch
+/// ([`Learner::safe_position`]) go into the checkpoint, and the error says how to resume.
+/// Any other error, or nothing safe to keep, is returned as it is.
+fn keep_training_after_bad_item(learn: &Learner, e: anyhow::Error, lr: f64, out: &std::path::Path, epochs: usize) -> anyhow::Error {
+    let (Some(bad), Some(pos)) = (e.downcast_ref::<crate::data::loader::ItemError>(), learn.safe_position) else { return e };
+    let _guard = crate::callbacks::SavingGuard::new();
+    match learn.save(CHECKPOINT, Some(pos)) {
+        Ok(ckpt) => anyhow::anyhow!(
+            "{e:#}\nthe training done so far is kept: checkpoint written to {}\nreplace or remove {} and resume with:\n  {}\n\
+             (or add --skip-bad to that command to leave out the files that cannot be read)",
+            ckpt.display(), bad.path.display(), resume_command(lr, out, if learn.phase == 1 { learn.n_epoch } else { epochs })
+        ),
+        Err(save) => e.context(format!("(the training done could not be kept: {save:#})")),
+    }
 }
 
 /// After training, on SIGINT/SIGTERM: writes the checkpoint of the finished training (the

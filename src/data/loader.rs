@@ -18,6 +18,22 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
+/// The context of an error loading one item (reading, decoding or presizing its file):
+/// callers tell a bad photo from other failures with `anyhow::Error::downcast_ref`
+/// (fine-tune then keeps the training done in a checkpoint).
+#[derive(Debug, Clone)]
+pub struct ItemError {
+    /// The file that failed.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Display for ItemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "loading item {} (skip_bad, kestrel's --skip-bad, leaves such files out)", self.path.display())
+    }
+}
+
+
 /// Settings of one [`ImageDataLoader`] (fastai `DataLoader` arguments).
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
@@ -101,9 +117,7 @@ impl Inner {
                         log::warn!("skip_bad: leaving out {}: {e:#}", self.paths[idx].display());
                     }
                 }
-                Err(e) => {
-                    return Err(e.context(format!("loading item {} (skip_bad, kestrel's --skip-bad, leaves such files out)", self.paths[idx].display())));
-                }
+                Err(e) => return Err(e.context(ItemError { path: self.paths[idx].clone() })),
             }
         }
         let Some((first, (h, w, _))) = items.first() else { return Ok(None) };

@@ -86,6 +86,7 @@ impl Learner {
         self.cbs = cbs;
         self.train_pass = pass;
         self.resume = resume;
+        self.safe_position = None; // the sweep's positions; its weights are undone below
         self.set_model_state(&model)?;
         self.opt.load_state_tensors(&opt)?;
         res?;

@@ -127,6 +127,10 @@ pub struct Learner {
     /// checkpoint's [`Position::fit_secs`]). Checkpoints record the total, so that a resumed
     /// run reports its whole time.
     pub fit_clock: Option<(std::time::Instant, f64)>,
+    /// The last position the weights match — after each training batch and each epoch,
+    /// or the resumed one — where a checkpoint written after a failure (a photo that cannot
+    /// be decoded, say) resumes; `None` before the first batch and after `lr_find`.
+    pub safe_position: Option<Position>,
     /// Where the running fit resumed from (taken from `resume` by the fit of that phase),
     /// `None` for a fit that started afresh; callbacks read it in `before_fit`.
     pub resumed_at: Option<Position>,
@@ -150,7 +154,7 @@ impl Learner {
             channels_last: false, scaler: None, precision: Precision::Fp32,
             n_epoch: 0, epoch: 0, n_iter: 0, iter: 0, train_iter: 0, pct_train: 0.0, training: false,
             phase: 0, train_pass: 0, xb: None, yb: None, pred: None, loss_grad: None, loss: f64::NAN,
-            smooth_loss: f64::NAN, stop_reason: None, resume: None, resumed_at: None, fit_clock: None, sched: LrSchedule::Constant, skip_batches: 0,
+            smooth_loss: f64::NAN, stop_reason: None, resume: None, resumed_at: None, fit_clock: None, safe_position: None, sched: LrSchedule::Constant, skip_batches: 0,
             resume_recorder: None,
         })
     }

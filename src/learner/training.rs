@@ -61,6 +61,7 @@ impl Learner {
             None => 0,
         };
         self.resumed_at = resume;
+        if resume.is_some() { self.safe_position = resume; }
         let res = self.with_events(Event::BeforeFit, Event::AfterFit, Cancel::Fit, |l| {
             // `while`, not `for`: callbacks may change `n_epoch` during the fit (the time budget).
             let mut epoch = start;
@@ -70,6 +71,7 @@ impl Learner {
                     l.do_epoch_train()?;
                     l.do_epoch_validate()
                 })?;
+                l.safe_position = Some(l.position_after_epoch());
                 epoch += 1;
             }
             Ok(())
@@ -163,6 +165,7 @@ impl Learner {
         }
         if self.training { self.record_train_batch(); }
         self.event(Event::AfterBatch)?;
+        if self.training { self.safe_position = Some(self.position_after_batch()); }
         if self.training { self.check_sweep()?; }
         Ok(())
     }
