@@ -423,7 +423,9 @@ fn check_data_reports_each_problem() {
     assert_eq!(r.duplicates, vec![vec![dir.join("red_1.png"), dir.join("red_5.png")]]);
     // The same file listed twice, in training and in validation: a duplicate (leakage).
     let twice = dir.join("twice.csv");
-    let text = std::fs::read_to_string(&csv).unwrap() + "\ngreen_2.png,true";
+    // And a copy of red_1.png labelled green by its name: one photo under two labels.
+    std::fs::copy(dir.join("red_1.png"), dir.join("green_8.png")).unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap() + "\ngreen_2.png,true\ngreen_8.png,false";
     std::fs::write(&twice, text).unwrap();
     let block2 = DataBlock::new(
         Source::Csv { file: twice, fn_col: "fname".into(), pref: None, suffix: String::new() },
@@ -432,6 +434,12 @@ fn check_data_reports_each_problem() {
     let r2 = check_data(&block2, 32).unwrap();
     assert!(r2.duplicates.contains(&vec![dir.join("green_2.png"), dir.join("green_2.png")]), "{:?}", r2.duplicates);
     assert!(r2.to_string().contains("a file listed more than once"), "{r2}");
+    assert_eq!(r2.leaks, vec![vec![dir.join("green_2.png"), dir.join("green_2.png")]]);
+    assert_eq!(r2.conflicting_labels.len(), 1, "{:?}", r2.conflicting_labels);
+    let text = r2.to_string();
+    assert!(text.contains("the same photo in training and in validation") && text.contains("one photo under different labels")
+            && text.contains("green_8.png (green)") && text.contains("red_1.png (red)"), "{text}");
+    assert_eq!(r2.n_problems(), r.n_problems() + 1, "the label conflict is a problem");
     assert_eq!(r.tiny, vec![(dir.join("green_7.png"), 16, 16)]);
     assert_eq!((r.n_problems(), r.n_warnings()), (3, 2), "undecodable, miss, valid-only; duplicate, tiny");
     assert!(r.empty.is_empty());

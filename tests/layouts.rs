@@ -27,8 +27,10 @@ fn opts(args: &[&str]) -> DataOpts {
 /// as Caltech-101's).
 fn photos(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
+    // Each folder its own colour: the same photo in two class folders is a label conflict.
+    let tint = dir.to_string_lossy().bytes().fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
     for k in 0..n {
-        RgbImage::from_pixel(12, 12, Rgb([k as u8 * 20, 90, 160])).save(dir.join(format!("image_{k:04}.png"))).unwrap();
+        RgbImage::from_pixel(12, 12, Rgb([k as u8 * 20, 90, tint])).save(dir.join(format!("image_{k:04}.png"))).unwrap();
     }
 }
 

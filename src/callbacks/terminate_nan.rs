@@ -5,7 +5,7 @@ use crate::learner::Learner;
 
 /// Stops training as soon as a training batch's loss is NaN or infinite (fastai
 /// `TerminateOnNaNCallback`, order −9). Sets [`Learner::stop_reason`] to a message naming
-/// the epoch and batch, prints it, and cancels the fit (the fit returns `Ok`).
+/// the epoch and batch, logs it (`log::warn!`), and cancels the fit (the fit returns `Ok`).
 #[derive(Debug, Default, Clone)]
 pub struct TerminateOnNaNCallback;
 
@@ -16,7 +16,6 @@ impl Callback for TerminateOnNaNCallback {
         if l.training && !l.loss.is_finite() {
             let msg = format!("TerminateOnNaN: the training loss is {} at epoch {}, batch {} (of {}); training stopped",
                               l.loss, l.epoch, l.iter, l.n_iter);
-            eprintln!("{msg}");
             log::warn!("{msg}");
             l.stop_reason = Some(msg);
             return Err(Cancel::Fit.into());

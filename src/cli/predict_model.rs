@@ -83,13 +83,14 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
     let mut out = stdout.lock();
     let mut csv = csv::Writer::from_writer(Vec::new());
     csv.write_record(["file", "label", "index", "prob", "top"])?;
-    let mut failed = 0;
+    let (mut failed, mut unknown) = (0, 0);
     for (path, r) in paths.iter().zip(&results) {
         match r {
             Ok(p) => {
                 let top = p.top(opts.topk.max(1));
                 let known = is_known(p, opts.min_prob);
                 let label = if known { p.label.as_str() } else { UNKNOWN };
+                unknown += usize::from(!known);
                 if opts.json {
                     writeln!(out, "{}", json_line(path, p, known, &top, vocab))?;
                 } else if let Some(labels) = &p.labels {
@@ -124,6 +125,11 @@ pub fn run(model: &Path, inputs: &[PathBuf], opts: &PredictModelOptions) -> crat
     if let Some(p) = &opts.csv {
         let bytes = csv.into_inner().context("cannot assemble the CSV")?;
         crate::util::atomic::write_atomic(p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if unknown > 1 && 2 * unknown > paths.len() {
+        // Most often a model trained briefly, whose probabilities are spread thin.
+        eprintln!("note: {unknown} of {} photos are answered {UNKNOWN}: no class reached --min-prob {} \
+                   (--min-prob 0 always names the top class; the top classes are listed either way)", paths.len(), opts.min_prob);
     }
     if failed > 0 {
         bail!("{failed} of {} photos could not be predicted (see the messages above)", paths.len());

@@ -4,7 +4,7 @@
 use super::decode::decode_bytes;
 use super::DataBlock;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -28,6 +28,12 @@ pub struct DataCheck {
     /// Groups of files with identical content (SHA-256), each group sorted; one of each
     /// group is a candidate for removal (a copy in both splits inflates validation scores).
     pub duplicates: Vec<Vec<PathBuf>>,
+    /// Duplicate groups whose copies carry different labels, as "file (label)" per copy:
+    /// the same photo taught as two classes (a problem).
+    pub conflicting_labels: Vec<Vec<String>>,
+    /// Duplicate groups with copies in both training and validation: the model is scored on
+    /// photos it trained on (a warning on top of the duplicate).
+    pub leaks: Vec<Vec<PathBuf>>,
     /// Images whose smaller side is below the training size: (file, width, height) in pixels.
     pub tiny: Vec<(PathBuf, u32, u32)>,
     /// The training size the images were compared with, pixels.
@@ -46,17 +52,19 @@ pub const IMBALANCE_WARN: f64 = 10.0;
 
 impl DataCheck {
     /// Number of problems that stop or spoil training: undecodable files, labeller misses,
-    /// labels only in validation, empty sets (each file or label counted once).
+    /// labels only in validation, empty sets, one photo under different labels (each file,
+    /// label or group counted once).
     pub fn n_problems(&self) -> usize {
-        self.undecodable.len() + self.label_misses.len() + self.valid_only.len() + self.empty.len()
+        self.undecodable.len() + self.label_misses.len() + self.valid_only.len() + self.empty.len() + self.conflicting_labels.len()
     }
 
     /// Number of warnings, worth a look but not wrong in themselves: tiny images (they are
-    /// upsampled; common in real photo collections) and duplicate copies (a duplicate
-    /// group counts its extra copies).
+    /// upsampled; common in real photo collections), duplicate copies (a duplicate group
+    /// counts its extra copies) and duplicate groups across training and validation.
     pub fn n_warnings(&self) -> usize {
         let imbalanced = self.imbalance().is_some_and(|(_, _, r)| r > IMBALANCE_WARN);
-        self.tiny.len() + self.duplicates.iter().map(|g| g.len() - 1).sum::<usize>() + self.ignored.len() + usize::from(imbalanced)
+        self.tiny.len() + self.duplicates.iter().map(|g| g.len() - 1).sum::<usize>() + self.leaks.len() + self.ignored.len()
+            + usize::from(imbalanced)
     }
 
     /// The largest and smallest class by photos (training + validation) and their ratio
@@ -110,18 +118,29 @@ pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> 
     let mut tiny = Vec::new();
     // Every row counts: the same file listed twice (in training and in validation, say)
     // is a duplicate too.
-    let mut by_hash: HashMap<[u8; 32], Vec<PathBuf>> = HashMap::new();
-    for (path, f) in items.paths.iter().zip(files) {
+    let mut by_hash: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
+    for (i, (path, f)) in items.paths.iter().zip(files).enumerate() {
         match f {
             Err(e) => undecodable.push((path.clone(), e)),
             Ok(s) => {
-                by_hash.entry(s.hash).or_default().push(path.clone());
+                by_hash.entry(s.hash).or_default().push(i);
                 if s.width.min(s.height) < min_size { tiny.push((path.clone(), s.width, s.height)); }
             }
         }
     }
-    let mut duplicates: Vec<Vec<PathBuf>> = by_hash.into_values().filter(|g| g.len() > 1).map(|mut g| { g.sort(); g }).collect();
-    duplicates.sort();
+    let mut groups: Vec<Vec<usize>> = by_hash.into_values().filter(|g| g.len() > 1).collect();
+    groups.sort_by_key(|g| g.iter().map(|&i| &items.paths[i]).min().cloned());
+    let paths_of = |g: &[usize]| -> Vec<PathBuf> { let mut v: Vec<PathBuf> = g.iter().map(|&i| items.paths[i].clone()).collect(); v.sort(); v };
+    let duplicates: Vec<Vec<PathBuf>> = groups.iter().map(|g| paths_of(g)).collect();
+    let conflicting_labels = groups.iter()
+        .filter(|g| g.iter().filter_map(|&i| labels[i].as_ref()).collect::<BTreeSet<_>>().len() > 1)
+        .map(|g| g.iter().map(|&i| format!("{} ({})", items.paths[i].display(), labels[i].as_deref().unwrap_or("no label"))).collect())
+        .collect();
+    let (in_train, in_valid): (BTreeSet<usize>, BTreeSet<usize>) = (train.iter().copied().collect(), valid.iter().copied().collect());
+    let leaks = groups.iter()
+        .filter(|g| g.iter().any(|i| in_train.contains(i)) && g.iter().any(|i| in_valid.contains(i)))
+        .map(|g| paths_of(g))
+        .collect();
     let mut empty: Vec<String> = [(n == 0, "no items"), (n > 0 && train.is_empty(), "the training set is empty"),
                  (n > 0 && valid.is_empty(), "the validation set is empty")]
         .iter().filter(|(b, _)| *b).map(|(_, m)| m.to_string()).collect();
@@ -135,7 +154,7 @@ pub fn check_data(block: &DataBlock, min_size: u32) -> crate::Result<DataCheck> 
         n_items: n,
         n_split: (train.len(), valid.len()),
         counts: counts.into_iter().map(|(l, (t, v))| (l, t, v)).collect(),
-        undecodable, label_misses, valid_only, duplicates, tiny, min_size, empty, ignored: items.ignored,
+        undecodable, label_misses, valid_only, duplicates, conflicting_labels, leaks, tiny, min_size, empty, ignored: items.ignored,
     })
 }
 
@@ -198,6 +217,9 @@ impl fmt::Display for DataCheck {
                 let paths = g.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" = ");
                 if listed_again { format!("{paths} (a file listed more than once)") } else { paths }
             }).collect())?;
+        list(f, "one photo under different labels".into(), self.conflicting_labels.iter().map(|g| g.join(" = ")).collect())?;
+        list(f, "warning: the same photo in training and in validation (it is scored on what it trained on)".into(),
+             self.leaks.iter().map(|g| g.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" = ")).collect())?;
         list(f, format!("warning: tiny images (smaller than {} px; upsampled by the presize)", self.min_size),
              self.tiny.iter().map(|(p, w, h)| format!("{}: {w}×{h}", p.display())).collect())?;
         let plural = |n: usize| if n == 1 { "" } else { "s" };

@@ -164,7 +164,13 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(HashMap<String, String>, S
         return Err(if looks_json {
             corrupt(path, format!("the header length field says {n} bytes"))
         } else {
-            ModelFileError::NotKestrel { path: p(), detail: "it does not start with a safetensors header".into() }
+            let onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+            let detail = if onnx {
+                "it is an ONNX file (kestrel-serve runs those; kestrel reads the model.safetensors that fine-tune wrote)"
+            } else {
+                "it does not start with a safetensors header"
+            };
+            ModelFileError::NotKestrel { path: p(), detail: detail.into() }
         });
     }
     if bytes.len() < 8 + n {

@@ -27,7 +27,10 @@ pub fn is_image_file(path: &Path) -> bool {
 
 /// The image files in `path` (and its subfolders when `recurse`), sorted (fastai
 /// `get_image_files(path, recurse=True)`). Hidden entries (names starting with `.`) are
-/// skipped, as fastai's `get_files` does for folders.
+/// skipped, as fastai's `get_files` does for folders. Symbolic links to folders are
+/// followed, each folder read once: a link back to a folder above (a loop) or to one
+/// already read adds nothing (fastai's `os.walk(followlinks=True)` loops until the
+/// OS refuses, multiplying the photos).
 ///
 /// Errors: `path` is not a readable folder, naming it.
 pub fn get_image_files(path: &Path, recurse: bool) -> crate::Result<ImageFiles> {
@@ -35,13 +38,17 @@ pub fn get_image_files(path: &Path, recurse: bool) -> crate::Result<ImageFiles> 
         bail!("{} is not a folder (get_image_files needs the folder that holds the images)", path.display());
     }
     let mut out = ImageFiles { files: Vec::new(), n_ignored: 0, ignored: Vec::new() };
-    walk(path, recurse, &mut out)?;
+    walk(path, recurse, &mut out, &mut std::collections::HashSet::new())?;
     out.files.sort();
     out.ignored.sort();
     Ok(out)
 }
 
-fn walk(dir: &Path, recurse: bool, out: &mut ImageFiles) -> crate::Result<()> {
+fn walk(dir: &Path, recurse: bool, out: &mut ImageFiles, seen: &mut std::collections::HashSet<PathBuf>) -> crate::Result<()> {
+    let real = std::fs::canonicalize(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
+    if !seen.insert(real) {
+        return Ok(());
+    }
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read folder {}", dir.display()))?;
@@ -53,7 +60,7 @@ fn walk(dir: &Path, recurse: bool, out: &mut ImageFiles) -> crate::Result<()> {
         let is_dir = ft.is_dir() || (ft.is_symlink() && p.is_dir());
         if is_dir {
             if recurse {
-                walk(&p, recurse, out)?;
+                walk(&p, recurse, out, seen)?;
             }
         } else if is_image_file(&p) {
             out.files.push(p);
@@ -82,4 +89,21 @@ pub fn expand_image_paths(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_loops_add_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let pug = d.path().join("pug");
+        std::fs::create_dir(&pug).unwrap();
+        std::fs::write(pug.join("a.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink("..", pug.join("up")).unwrap();
+        std::os::unix::fs::symlink(".", pug.join("self")).unwrap();
+        let f = get_image_files(d.path(), true).unwrap();
+        assert_eq!(f.files, [pug.join("a.jpg")]);
+    }
 }

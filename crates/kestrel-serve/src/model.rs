@@ -131,7 +131,14 @@ impl OnnxModel {
         }
         let session = builder
             .commit_from_memory(bytes)
-            .map_err(|e| anyhow::anyhow!("{}: onnxruntime cannot load it: {e}", path.display()))?;
+            .map_err(|e| {
+                let hint = if path.extension().is_some_and(|x| x.eq_ignore_ascii_case("safetensors")) {
+                    " (a kestrel model file: convert it with `kestrel export MODEL --format onnx`)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("{}: onnxruntime cannot load it: {e}{hint}", path.display())
+            })?;
         let meta = session.metadata().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let get = |key: &str| {
             meta.custom(key).with_context(|| {
