@@ -11,7 +11,7 @@ use common::{Resp, Server, encode, multipart, photo, read_response, request};
 use image::{GrayImage, ImageBuffer, Rgb, RgbImage, Rgba, RgbaImage};
 use exif::exif_rotated_jpeg;
 use kestrel_serve::http::HttpOptions;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -194,4 +194,22 @@ fn fix_ihdr_crc(png: &mut [u8]) {
         }
     }
     png[29..33].copy_from_slice(&(!crc).to_be_bytes());
+}
+
+/// A client that sends half its headers and stops is disconnected after the header
+/// deadline (`--header-timeout-s`; it was held forever: axum::serve sets no timer for
+/// hyper's header_read_timeout), while other clients are answered.
+#[test]
+fn unfinished_headers_are_cut_off_at_the_header_timeout() {
+    let opts = HttpOptions { header_timeout: Duration::from_secs(1), ..HttpOptions::default() };
+    let Some(server) = Server::start(opts) else { return };
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    slow.write_all(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(request(server.port, "GET", "/healthz", None, b"").status, 200, "others are served meanwhile");
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest); // ends when the server closes the connection
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(5), "closed after {took:?}");
 }

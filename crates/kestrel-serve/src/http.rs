@@ -50,6 +50,10 @@ pub struct HttpOptions {
     pub timeout: Duration,
     /// Deadline for receiving the body (`--body-timeout-s`); past it, 408.
     pub body_timeout: Duration,
+    /// Deadline for a request's header block, from the connection's start or the end of
+    /// its previous request (`--header-timeout-s`); past it, the connection is closed (a
+    /// client sending headers slowly, or not at all, would otherwise hold it forever).
+    pub header_timeout: Duration,
     /// Requests handled at once (`--concurrency`); beyond, 503.
     pub concurrency: usize,
     /// Classes returned per image (`--topk`).
@@ -69,6 +73,7 @@ impl Default for HttpOptions {
             max_pixels: 40_000_000,
             timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
             concurrency: 64,
             topk: 3,
             min_prob: kestrel_image::answer::DEFAULT_MIN_PROB,
@@ -171,6 +176,7 @@ pub async fn serve(
         std::thread::Builder::new().name("inference".into()).spawn(move || worker(model, rx, mb, mw, m))?;
     }
     ready.store(true, Ordering::SeqCst);
+    let header_timeout = opts.header_timeout;
     let state = Arc::new(AppState {
         limits: DecodeLimits { max_pixels: opts.max_pixels, ..DecodeLimits::default() },
         permits: Semaphore::new(opts.concurrency.max(1)),
@@ -198,8 +204,46 @@ pub async fn serve(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    serve_connections(listener, app, header_timeout, shutdown).await;
     Ok(metrics)
+}
+
+/// Accepts HTTP/1.1 connections on `listener` and serves `app` on each with hyper's
+/// `header_read_timeout` (which needs a timer, and `axum::serve` installs none) until
+/// `shutdown` resolves; then stops accepting, closes idle connections and waits for the
+/// requests in flight (hyper-util's `GracefulShutdown`).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait for connections to close.
+                    eprintln!("kestrel-serve: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// Counts every request and its latency for `/metrics`.

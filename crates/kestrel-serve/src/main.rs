@@ -84,6 +84,10 @@ enum Command {
         /// Deadline for receiving a request body in seconds (then 408).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         body_timeout_s: u64,
+        /// Deadline for a request's headers in seconds, from the connection's start or its
+        /// previous request; then the connection is closed (slow or silent clients).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        header_timeout_s: u64,
         /// Requests handled at once; beyond, 503 with Retry-After.
         #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         concurrency: usize,
@@ -117,7 +121,7 @@ fn run() -> anyhow::Result<()> {
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             predict::run(&mut m, inputs, bs, workers, topk, min_prob)
         }
-        Command::Http { model, host, port, max_batch, max_wait_ms, queue, max_body_mb, max_pixels, timeout_s, body_timeout_s, concurrency, topk, min_prob } => {
+        Command::Http { model, host, port, max_batch, max_wait_ms, queue, max_body_mb, max_pixels, timeout_s, body_timeout_s, header_timeout_s, concurrency, topk, min_prob } => {
             kestrel_image::answer::check_min_prob(min_prob)?;
             let m = model::OnnxModel::load(&model, cli.threads)?;
             let opts = http::HttpOptions {
@@ -128,6 +132,7 @@ fn run() -> anyhow::Result<()> {
                 max_pixels,
                 timeout: Duration::from_secs(timeout_s),
                 body_timeout: Duration::from_secs(body_timeout_s),
+                header_timeout: Duration::from_secs(header_timeout_s),
                 concurrency,
                 topk,
                 min_prob,
