@@ -104,7 +104,10 @@ impl RunOptions {
         cmp("--presize", was.presize.to_string(), self.presize.to_string());
         cmp("--size", was.size.to_string(), self.size.to_string());
         if !was.others.is_empty() && !self.others.is_empty() {
-            let keys: std::collections::BTreeSet<&String> = was.others.keys().chain(self.others.keys()).collect();
+            // The options compared above are in the map too: named once.
+            let named = ["arch", "bs", "seed", "freeze-epochs", "presize", "size"];
+            let keys: std::collections::BTreeSet<&String> =
+                was.others.keys().chain(self.others.keys()).filter(|k| !named.contains(&k.as_str())).collect();
             for k in keys {
                 let value = |m: &BTreeMap<String, String>| m.get(k).cloned().unwrap_or_else(|| "(not given)".into());
                 cmp(&format!("--{k}"), value(&was.others), value(&self.others));
@@ -135,7 +138,7 @@ mod tests {
         RunOptions {
             arch: "resnet18".into(), bs: 8, lr: 2e-3, seed: 7, freeze_epochs: 1, epochs: Some(3), presize: 96, size: 64,
             classes: vec!["cat".into(), "dog".into()],
-            others: [("valid-col", "is_valid"), ("precision", "auto")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
+            others: [("valid-col", "is_valid"), ("precision", "auto"), ("bs", "8")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
         }
     }
 
@@ -145,7 +148,10 @@ mod tests {
         opts().check_resume(d.path()).unwrap(); // no record: not checked
         opts().save(d.path()).unwrap();
         opts().check_resume(d.path()).unwrap();
-        let e = RunOptions { bs: 16, lr: 1e-2, arch: "resnet34".into(), ..opts() }.check_resume(d.path()).unwrap_err().to_string();
+        let mut others = opts().others;
+        others.insert("bs".into(), "16".into());
+        let e = RunOptions { bs: 16, lr: 1e-2, arch: "resnet34".into(), others, ..opts() }.check_resume(d.path()).unwrap_err().to_string();
+        assert_eq!(e.matches("--bs").count(), 1, "named once: {e}");
         assert!(e.contains("--arch resnet18 (this command: resnet34)") && e.contains("--bs 8 (this command: 16)")
                 && e.contains("--lr 2e-3 (this command: 1e-2)") && !e.contains("--seed"), "{e}");
         // A --time run records no epochs: the resume command's --epochs is the fitted count.
