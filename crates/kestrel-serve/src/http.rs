@@ -335,12 +335,13 @@ async fn handle(s: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Ve
     Ok(out)
 }
 
-/// Whether a `/predict` body is one image (`image/*`) or a `multipart/form-data` form
-/// (media types compare case-insensitively, RFC 9110 §8.3.1); any other Content-Type is
-/// refused (415) before the body is read.
+/// Whether a `/predict` body is one image (`image/*`, or `application/octet-stream`, which
+/// many clients send for a raw file: the decoder reads the format from the bytes) or a
+/// `multipart/form-data` form (media types compare case-insensitively, RFC 9110 §8.3.1);
+/// any other Content-Type is refused (415) before the body is read.
 fn body_kind(ctype: &str) -> Result<bool, ApiError> {
     let lower = ctype.trim_start().to_ascii_lowercase();
-    if lower.starts_with("image/") {
+    if lower.starts_with("image/") || lower.starts_with("application/octet-stream") {
         Ok(true)
     } else if lower.starts_with("multipart/form-data") {
         Ok(false)
@@ -348,7 +349,7 @@ fn body_kind(ctype: &str) -> Result<bool, ApiError> {
         let got = if ctype.is_empty() { "no Content-Type".to_owned() } else { format!("Content-Type '{ctype}'") };
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("{got}: send an image (Content-Type: image/jpeg, image/png, ...) or multipart/form-data with images"),
+            format!("{got}: send an image (Content-Type: image/jpeg, image/png, ..., or application/octet-stream) or multipart/form-data with images"),
         ))
     }
 }
